@@ -1,0 +1,1 @@
+"""acquirectl subcommands that live outside the core client (one module per family)."""

@@ -1,0 +1,29 @@
+"""Errors a source can raise. Each has a stable ``code`` and a ``hint`` for the user."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SourceError(Exception):
+    """Base of every failure a source reports to its caller.
+
+    ``details`` carries JSON-able facts (URL, expected vs actual, status code) that the
+    daemon stores next to the message.
+    """
+
+    code: ClassVar[str] = "source.error"
+    hint: ClassVar[str] = "See the daemon's log for details."
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class DiskFull(SourceError):
+    """The filesystem ran out of space while writing (ENOSPC); the data so far is kept."""
+
+    code = "disk.full"
+    hint = "Free space under the data root; the transfer resumes by itself."
+    retryable = True

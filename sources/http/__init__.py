@@ -1,0 +1,1 @@
+"""HTTP(S) source: ranged, segmented, resumable downloads across ranked mirrors."""

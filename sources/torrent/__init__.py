@@ -1,0 +1,1 @@
+"""BitTorrent source through libtorrent (the only package that imports it)."""
