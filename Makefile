@@ -44,7 +44,12 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy -p acquired
+	@# mypy cannot follow setuptools' editable finder: give it a symlinked view of the
+	@# namespace package, and run it from there so the top-level systemd/ folder does not
+	@# shadow the systemd-python package.
+	@mkdir -p build/typecheck/acquired
+	@for p in daemon sources unpack; do ln -sfn ../../../$$p build/typecheck/acquired/$$p; done
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache -p acquired
 
 format: setup
 	$(BIN)/ruff check --fix .

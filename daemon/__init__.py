@@ -1,1 +1,1 @@
-"""The acquired service: configuration, manifests, job store, scheduler, inbox, control socket, CLI."""
+"""The acquired service: config, manifests, job store, scheduler, inbox, control socket, CLI."""
