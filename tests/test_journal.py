@@ -1,0 +1,211 @@
+"""Structured journald fields through the handler seam, and the local log file."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.handlers
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from acquired.daemon import logs
+from acquired.daemon.logs import (
+    AcquiredJournalHandler,
+    follow_log_file,
+    format_entry,
+    journal_entry,
+    read_log_file,
+    setup_logging,
+)
+
+
+class Captured:
+    """A journal ``send`` stand-in: the one seam, since the test host has no journald."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, message: str, **fields: Any) -> None:
+        self.calls.append({"MESSAGE": message, **fields})
+
+
+@pytest.fixture
+def journal() -> Captured:
+    captured = Captured()
+    setup_logging("debug", journal_handler=AcquiredJournalHandler(sender_function=captured))
+    yield captured
+    setup_logging("info", journal=False)
+
+
+def test_structured_fields_on_every_record(journal: Captured) -> None:
+    log = logging.getLogger("acquired.daemon.service")
+    log.info("fetching %s", "a.tar", extra={"job": "cifar10", "file": "a.tar", "source": "http"})
+    log.warning("mirror dropped", extra={"job": "cifar10", "code": "http.too_slow"})
+    log.debug("plain")
+    assert [c["MESSAGE"] for c in journal.calls] == ["fetching a.tar", "mirror dropped", "plain"]
+    first, second, third = journal.calls
+    assert first["ACQUIRED_JOB"] == "cifar10"
+    assert first["ACQUIRED_FILE"] == "a.tar"
+    assert first["ACQUIRED_SOURCE"] == "http"
+    assert "ACQUIRED_CODE" not in first
+    assert second["ACQUIRED_CODE"] == "http.too_slow"
+    assert not any(k.startswith("ACQUIRED_") for k in third)
+    for call in journal.calls:
+        assert call["SYSLOG_IDENTIFIER"] == "acquired"
+        assert call["LOGGER"] == "acquired.daemon.service"
+        # journald refuses field names that are not upper case: send none
+        assert all(k == k.upper() for k in call), sorted(call)
+
+
+def test_priorities_follow_levels(journal: Captured) -> None:
+    log = logging.getLogger("acquired.x")
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+        log.log(level, "m")
+    assert [c["PRIORITY"] for c in journal.calls] == ["7", "6", "4", "3", "2"]
+
+
+def test_exception_text_is_sent(journal: Captured) -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("acquired").exception("failed", extra={"job": "j"})
+    call = journal.calls[-1]
+    assert call["MESSAGE"].startswith("failed\nTraceback")
+    assert "RuntimeError: boom" in call["EXCEPTION_TEXT"]
+    assert call["PRIORITY"] == "3"
+
+
+def test_level_filters_records(journal: Captured) -> None:
+    setup_logging("warning", journal_handler=AcquiredJournalHandler(sender_function=journal))
+    logging.getLogger("acquired").info("hidden")
+    logging.getLogger("acquired").warning("shown")
+    assert [c["MESSAGE"] for c in journal.calls] == ["shown"]
+
+
+def test_bad_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="log level 'loud'"):
+        setup_logging("loud")
+
+
+def test_journal_chosen_under_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    handlers = setup_logging("info")
+    try:
+        assert [type(h) for h in handlers] == [AcquiredJournalHandler]
+    finally:
+        setup_logging("info", journal=False)
+    monkeypatch.delenv("JOURNAL_STREAM")
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    handlers = setup_logging("info")
+    assert [type(h) for h in handlers] == [logging.StreamHandler]
+
+
+def test_stderr_lines_carry_the_fields() -> None:
+    stream = io.StringIO()
+    setup_logging("info", journal=False, stream=stream)
+    try:
+        logging.getLogger("acquired").info("done", extra={"job": "j1", "file": "f"})
+    finally:
+        setup_logging("info", journal=False)
+    assert stream.getvalue().rstrip().endswith("INFO done [job=j1 file=f]")
+
+
+def test_local_log_file_round_trip(tmp_path: Path, journal: Captured) -> None:
+    path = tmp_path / "state" / "acquired.log"
+    setup_logging(
+        "info", log_file=path, journal_handler=AcquiredJournalHandler(sender_function=journal)
+    )
+    log = logging.getLogger("acquired.daemon")
+    log.info("job added", extra={"job": "a"})
+    log.info("other", extra={"job": "b"})
+    log.error("failed", extra={"job": "a", "file": "x.bin", "code": "verify.digest_mismatch"})
+    for handler in logging.getLogger("acquired").handlers:
+        handler.flush()
+    raw = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["message"] for r in raw] == ["job added", "other", "failed"]
+    assert raw[2]["code"] == "verify.digest_mismatch" and raw[2]["priority"] == 3
+    only_a = read_log_file(path, job="a")
+    assert [e["message"] for e in only_a] == ["job added", "failed"]
+    assert [e["message"] for e in read_log_file(path, lines=1)] == ["failed"]
+    line = format_entry(only_a[1])
+    assert line.endswith("ERROR [a/x.bin verify.digest_mismatch] failed")
+    # the journal got the same records
+    assert len(journal.calls) == 3
+
+
+def test_read_skips_torn_lines_and_reads_rotated_files(tmp_path: Path) -> None:
+    path = tmp_path / "acquired.log"
+    path.with_name("acquired.log.1").write_text(
+        json.dumps({"ts": 1, "level": "info", "message": "older", "job": "a"}) + "\n"
+    )
+    path.write_text(
+        json.dumps({"ts": 2, "level": "info", "message": "newer", "job": "a"})
+        + "\n{not json\n"
+        + '{"ts": 3, "lev'
+    )
+    assert [e["message"] for e in read_log_file(path)] == ["older", "newer"]
+    assert read_log_file(tmp_path / "missing.log") == []
+
+
+def test_follow_sees_appends_and_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every rotation between two polls must still be on disk: 5 backups, ~3 rotations
+    monkeypatch.setattr(logs, "LOG_FILE_BACKUPS", 5)
+    path = tmp_path / "acquired.log"
+    log = logging.getLogger("acquired.follow")
+    setup_logging("info", journal=False, stream=io.StringIO())
+    log.info("before following", extra={"job": "a"})
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=800, backupCount=5)
+    handler.setFormatter(logs.JsonLineFormatter())
+    logging.getLogger("acquired").addHandler(handler)
+    log.info("written before follow starts", extra={"job": "a"})
+    stop = threading.Event()
+    seen: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        for entry in follow_log_file(path, job="a", poll=0.02, stop=stop.is_set):
+            seen.append(entry["message"])
+            if entry["message"] == "last":
+                done.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        # handshake: the follower starts at the end of the file, so write until it sees one
+        deadline = time.monotonic() + 30
+        while "sync" not in seen and time.monotonic() < deadline:
+            log.info("sync", extra={"job": "a"})
+            time.sleep(0.05)
+        for i in range(20):  # ~115 bytes each: rotates about 3 times
+            log.info("line %d", i, extra={"job": "a" if i % 2 == 0 else "b"})
+        log.info("last", extra={"job": "a"})
+        assert done.wait(30), seen
+    finally:
+        stop.set()
+        thread.join(10)
+        logging.getLogger("acquired").removeHandler(handler)
+        handler.close()
+        setup_logging("info", journal=False)
+    assert path.with_name("acquired.log.2").exists()
+    seen = [m for m in seen if m != "sync"]
+    assert seen == [f"line {i}" for i in range(0, 20, 2)] + ["last"]
+
+
+def test_journal_entry_shape() -> None:
+    raw = {
+        "__REALTIME_TIMESTAMP": "1700000000000000",
+        "PRIORITY": "4",
+        "MESSAGE": [104, 105],
+        "ACQUIRED_JOB": "cifar10",
+        "ACQUIRED_CODE": "http.too_slow",
+        "SYSLOG_IDENTIFIER": "acquired",
+    }
+    entry = journal_entry(raw)
+    assert entry["message"] == "hi"
+    assert entry["level"] == "warning"
+    assert entry["job"] == "cifar10" and entry["code"] == "http.too_slow"
+    assert entry["ts"] == 1_700_000_000.0
