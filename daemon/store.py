@@ -323,11 +323,12 @@ class Store:
     def next_queued(self, now: float, *, limit: int, skip: Iterable[int] = ()) -> list[FileRow]:
         """Queued files whose back-off has passed, oldest job first, in manifest order."""
         skip_ids = list(skip)
-        placeholders = ",".join("?" * len(skip_ids)) or "NULL"
+        # "NOT IN ()" is not SQL, and "NOT IN (NULL)" is never true: leave the clause out.
+        not_skipped = f" AND f.id NOT IN ({','.join('?' * len(skip_ids))})" if skip_ids else ""
+        columns = ", ".join("f." + c.strip() for c in _FILE_COLUMNS.split(","))
         rows = self._db.execute(
-            f"SELECT {', '.join('f.' + c.strip() for c in _FILE_COLUMNS.split(','))}"
-            " FROM files f JOIN jobs j ON j.id = f.job_id"
-            f" WHERE f.state = 'queued' AND f.not_before <= ? AND f.id NOT IN ({placeholders})"
+            f"SELECT {columns} FROM files f JOIN jobs j ON j.id = f.job_id"
+            f" WHERE f.state = 'queued' AND f.not_before <= ?{not_skipped}"
             " ORDER BY j.seq, f.idx LIMIT ?",
             (now, *skip_ids, limit),
         ).fetchall()

@@ -1,0 +1,135 @@
+"""The SQLite job store: schema, aggregation, checkpoints, crash safety."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from acquired.daemon.store import MIGRATIONS, NewFile, Store, StoreError
+
+
+def make_job(store: Store, job_id: str = "j", n: int = 3, size: int | None = 100) -> None:
+    store.add_job(
+        job_id,
+        manifest={"name": job_id},
+        manifest_digest="d" * 64,
+        manifest_path="/x.toml",
+        destination=job_id,
+        warnings=["w"],
+        files=[NewFile(i, f"f{i}", size, {"path": f"f{i}"}) for i in range(n)],
+    )
+
+
+def test_schema_version_and_wal(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    assert store.schema_version == len(MIGRATIONS)
+    store.close()
+    # Reopening migrates nothing and keeps the data.
+    store = Store(tmp_path / "a.db")
+    assert store.schema_version == len(MIGRATIONS)
+    assert (tmp_path / "a.db-wal").exists()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    Store(tmp_path / "a.db").close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "a.db")
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(tmp_path / "a.db")
+
+
+def test_garbage_file_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "a.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError):
+        Store(tmp_path / "a.db")
+
+
+def test_totals_and_queue_order(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    make_job(store, "first", n=3)
+    make_job(store, "second", n=2, size=None)
+    t = store.job_totals("first")
+    assert (t.files_total, t.bytes_total, t.counts) == (3, 300, {"queued": 3})
+    assert store.job_totals("second").bytes_total is None  # a size is unknown
+    rows = store.next_queued(0.0 + 1e12, limit=10)
+    assert [(r.job_id, r.idx) for r in rows] == [
+        ("first", 0),
+        ("first", 1),
+        ("first", 2),
+        ("second", 0),
+        ("second", 1),
+    ]
+    store.set_state(rows[0].id, "fetching", attempts=1)
+    store.set_state(rows[1].id, "queued", not_before=1e18)  # backing off
+    nxt = store.next_queued(1e12, limit=10, skip=[rows[2].id])
+    assert [r.id for r in nxt] == [rows[3].id, rows[4].id]
+    assert store.next_wakeup() == 1e18
+    assert store.state_counts() == {"fetching": 1, "queued": 4}
+
+
+def test_checkpoint_and_requeue(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    make_job(store)
+    row = store.job_files("j")[0]
+    store.set_state(row.id, "fetching")
+    store.save_checkpoint(row.id, {"ranges": [[0, 50]]}, 50)
+    assert store.load_checkpoint(row.id) == {"ranges": [[0, 50]]}
+    assert store.get_file(row.id).bytes_done == 50
+    assert store.requeue_interrupted() == 1
+    again = store.get_file(row.id)
+    assert again.state == "queued" and again.bytes_done == 50
+    store.delete_job("j")
+    assert store.load_checkpoint(row.id) is None  # cascades
+    with pytest.raises(KeyError):
+        store.get_file(row.id)
+
+
+def test_events_are_bounded(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    make_job(store)
+    for i in range(1200):
+        store.add_event("info", f"m{i}", job_id="j")
+    events = store.recent_events(limit=5, job_id="j")
+    assert [e["message"] for e in events] == [f"m{i}" for i in range(1195, 1200)]
+    n = store._db.execute("SELECT COUNT(*) FROM events WHERE job_id = 'j'").fetchone()[0]
+    assert n <= 600
+
+
+def test_sigkill_mid_write_loses_no_committed_state(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL in a loop of checkpoints leaves a consistent store
+    whose last checkpoint is one the writer committed."""
+    db = tmp_path / "k.db"
+    store = Store(db)
+    make_job(store, n=1)
+    fid = store.job_files("j")[0].id
+    store.close()
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from acquired.daemon.store import Store
+        s = Store(Path({str(db)!r}))
+        i = 0
+        while True:
+            i += 1
+            s.save_checkpoint({fid}, {{"n": i}}, i)
+            if i == 200:
+                print("go", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"go"
+    os.kill(proc.pid, 9)
+    proc.wait()
+    store = Store(db)
+    cp = store.load_checkpoint(fid)
+    assert cp is not None and cp["n"] >= 200
+    assert store.get_file(fid).bytes_done == cp["n"]  # written in one transaction
