@@ -1,0 +1,110 @@
+"""``acquired``: the daemon's entry point.
+
+Start-up order matters for systemd: READY=1 is sent only once the store is open, the
+control socket listens and the inbox watcher runs. SIGTERM/SIGINT stop within a few
+seconds with progress saved; SIGHUP re-reads the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from acquired.daemon.config import Config
+from acquired.daemon.control import ControlServer
+from acquired.daemon.errors import describe
+from acquired.daemon.inbox import InboxWatcher
+from acquired.daemon.logs import setup_logging
+from acquired.daemon.notify import Notifier
+from acquired.daemon.service import VERSION, InboxFile, Reload, Service
+from acquired.daemon.store import Store
+
+LOG = logging.getLogger("acquired")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="acquired",
+        description="Dataset-acquisition daemon: drop manifests into the inbox, get verified data.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="configuration file (default: embedded defaults, state under ./var)",
+    )
+    parser.add_argument("--version", action="version", version=f"acquired {VERSION}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    notifier = Notifier()
+    try:
+        config = Config.load(args.config)
+    except Exception as exc:
+        info = describe(exc)
+        print(f"acquired: {info.message}\n  hint: {info.hint}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    for folder in (config.data_root, config.inbox, config.state_dir, config.runtime_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    config.runtime_dir.chmod(0o750)
+
+    try:
+        store = Store(config.db_path)
+    except Exception as exc:
+        info = describe(exc)
+        LOG.error("%s (%s)", info.message, info.hint, extra={"code": info.code})
+        return 1
+    service = Service(config, store, notifier=notifier)
+    try:
+        control = ControlServer(config.socket_path, service.call)
+    except Exception as exc:
+        info = describe(exc)
+        LOG.error("%s (%s)", info.message, info.hint, extra={"code": info.code})
+        return 1
+    control.start()
+    watcher = InboxWatcher(config.inbox, lambda path: service.post(InboxFile(path)))
+    watcher.start()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        LOG.info("received %s; stopping", signal.Signals(signum).name)
+        service.stop()
+
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        notifier.reloading()
+        try:
+            service.post(Reload(Config.load(args.config)))
+        except Exception as exc:
+            info = describe(exc)
+            LOG.error("configuration not reloaded: %s", info.message, extra={"code": info.code})
+        notifier.ready()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
+
+    LOG.info(
+        "acquired %s ready: inbox %s, data %s, socket %s",
+        VERSION,
+        config.inbox,
+        config.data_root,
+        config.socket_path,
+    )
+    notifier.ready()
+    try:
+        service.run()
+    finally:
+        watcher.stop()
+        control.stop()
+        store.close()
+    LOG.info("acquired stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

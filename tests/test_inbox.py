@@ -1,0 +1,77 @@
+"""The inbox watcher with a real watchdog observer on a temporary folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import time
+from pathlib import Path
+
+from acquired.daemon.inbox import InboxWatcher, is_candidate
+
+
+def collect(inbox: Path) -> tuple[InboxWatcher, queue.Queue[Path]]:
+    seen: queue.Queue[Path] = queue.Queue()
+    watcher = InboxWatcher(inbox, seen.put)
+    return watcher, seen
+
+
+def drain(seen: queue.Queue[Path], wait: float) -> list[str]:
+    out = []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            out.append(seen.get(timeout=0.05).name)
+    return out
+
+
+def test_candidates() -> None:
+    assert is_candidate(Path("a.toml"))
+    assert is_candidate(Path("b.json"))
+    for name in (".hidden.toml", "a.toml~", ".a.toml.swp", "#a.toml#", "x.tmp", "a.toml.error.txt"):
+        assert not is_candidate(Path(name)), name
+
+
+def test_existing_files_are_picked_up_at_start(tmp_path: Path) -> None:
+    (tmp_path / "old.toml").write_text("x")
+    (tmp_path / ".hidden").write_text("x")
+    watcher, seen = collect(tmp_path)
+    watcher.start()
+    try:
+        assert drain(seen, 1.0) == ["old.toml"]
+        assert (tmp_path / "rejected").is_dir()
+    finally:
+        watcher.stop()
+
+
+def test_half_written_file_is_not_delivered_until_closed(tmp_path: Path) -> None:
+    watcher, seen = collect(tmp_path)
+    watcher.start()
+    try:
+        with (tmp_path / "slow.toml").open("w") as f:
+            f.write("manifest_version = 1\n")
+            f.flush()
+            assert drain(seen, 1.0) == []  # still open for writing: not complete
+            f.write('name = "x"\n')
+        assert drain(seen, 1.5) == ["slow.toml"]
+    finally:
+        watcher.stop()
+
+
+def test_moved_in_files_are_delivered_and_temporaries_ignored(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    outside = tmp_path / "staging.toml"
+    outside.write_text("x")
+    watcher, seen = collect(inbox)
+    watcher.start()
+    try:
+        os.replace(outside, inbox / "moved.toml")
+        (inbox / ".editor.swp").write_text("x")
+        (inbox / "rejected" / "other.toml").write_text("x")  # not watched
+        tmp = inbox / ".writing.tmp"
+        tmp.write_text("x")
+        os.replace(tmp, inbox / "renamed.toml")
+        assert sorted(drain(seen, 1.5)) == ["moved.toml", "renamed.toml"]
+    finally:
+        watcher.stop()
