@@ -1,0 +1,756 @@
+"""Manifest v1: what a dataset is, where it goes and where its bytes come from.
+
+A manifest is TOML (JSON is accepted too)::
+
+    manifest_version = 1
+    name = "cifar10"                 # the job id
+    destination = "cifar10"          # a folder under the data root
+
+    [[files]]
+    path = "cifar-10-python.tar.gz"  # relative to the destination
+    size = 170498071
+    md5 = "c58f30108f718f92721af3b95e74349a"
+    sources.mirrors = ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    unpack = [{ format = "tar.gz", into = "." }]
+
+Decisions written down here because users meet them:
+
+* **Paths** (destination, file paths, unpack ``into``, pip ``target``, a torrent's
+  ``file``) are relative, use ``/``, and are *normalised*: ``./a//b`` becomes ``a/b``.
+  Absolute paths, ``..``, backslashes, drive letters (``C:``), control characters, a
+  trailing ``/`` on a file path and empty paths are refused. ``into`` may be ``"."``;
+  ``destination`` may not (each dataset gets its own folder). Symlinks that leave the
+  data root are caught when the daemon places files, by :func:`resolve_under`.
+* **Mirrors** are http(s) URLs with a host. A user name or password in a URL is accepted
+  (some mirrors need it) but produces a warning: the manifest is stored in the state
+  folder as written. :func:`redact_url` hides it in logs and status.
+* **A torrent** is exactly one of ``academic_torrents`` (an infohash: 40 hex digits for
+  v1, 64 for v2; an ``academictorrents.com/details/<hash>`` URL is accepted too),
+  ``magnet``, ``url`` (a .torrent over http(s)) or ``path`` (a local .torrent, which must
+  be **absolute**: the manifest is moved out of the inbox, so a relative path would have
+  nothing stable to be relative to).
+* **Checksums** are lower-cased; each must be hex of the algorithm's exact length. A
+  file without any is accepted with a warning (see :meth:`Manifest.warnings`).
+* ``bandwidth_limit`` accepts rates such as ``"20M"`` (bytes/s; 0 means no job limit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .config import Rate
+from .errors import DaemonError
+from .units import describe_validation_error, parse_host_port
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "DIGEST_LENGTHS",
+    "FileSpec",
+    "Manifest",
+    "ManifestError",
+    "ManifestUnreadable",
+    "PipSpec",
+    "Sources",
+    "TorrentSpec",
+    "UnpackStep",
+    "archive_format",
+    "check_relative_path",
+    "load_manifest",
+    "manifest_digest",
+    "manifest_schema",
+    "parse_manifest",
+    "redact_url",
+    "resolve_under",
+]
+
+DIGEST_LENGTHS: dict[str, int] = {"sha256": 64, "sha1": 40, "md5": 32, "blake2b": 128}
+
+# Longest suffix first, so "a.tar.gz" is "tar.gz" and not "gz".
+ARCHIVE_SUFFIXES: tuple[tuple[str, str], ...] = (
+    (".tar.gz", "tar.gz"),
+    (".tgz", "tar.gz"),
+    (".tar.bz2", "tar.bz2"),
+    (".tbz2", "tar.bz2"),
+    (".tbz", "tar.bz2"),
+    (".tar.xz", "tar.xz"),
+    (".txz", "tar.xz"),
+    (".tar.zst", "tar.zst"),
+    (".tzst", "tar.zst"),
+    (".tar", "tar"),
+    (".zip", "zip"),
+    (".gz", "gz"),
+    (".bz2", "bz2"),
+    (".xz", "xz"),
+    (".zst", "zst"),
+)
+
+ArchiveFormat = Literal[
+    "auto", "tar", "tar.gz", "tar.bz2", "tar.xz", "tar.zst", "zip", "gz", "bz2", "xz", "zst"
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HEX_RE = re.compile(r"^[0-9a-f]*$")
+_BASE32_RE = re.compile(r"^[A-Z2-7]{32}$")
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+# Shown when a required key is missing.
+_EXAMPLES = {
+    "manifest_version": "manifest_version = 1",
+    "name": 'name = "cifar10"',
+    "destination": 'destination = "cifar10"',
+    "files": '[[files]] path = "data.tar.gz" sources.mirrors = ["https://..."]',
+    "path": 'path = "data.tar.gz"',
+    "sources": 'sources.mirrors = ["https://example.org/data.tar.gz"]',
+    "requirements": 'requirements = ["numpy==2.0.0"]',
+}
+
+
+def archive_format(path: str) -> str | None:
+    """The archive format implied by a file name (``"a.tgz"`` -> ``"tar.gz"``), or None."""
+    lower = path.lower()
+    for suffix, fmt in ARCHIVE_SUFFIXES:
+        if lower.endswith(suffix):
+            return fmt
+    return None
+
+
+def check_relative_path(value: object, *, folder: bool = False, allow_dot: bool = False) -> str:
+    """Validate and normalise a relative path; raise ``ValueError`` saying what to write.
+
+    ``folder`` allows a trailing ``/``; ``allow_dot`` allows ``"."`` (the base itself).
+    """
+    example = "'images/train.tar'"
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} — must be a path string such as {example}")
+    if not value.strip():
+        raise ValueError(f"must not be empty — give a relative path such as {example}")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError(f"{value!r} contains a control character — remove it")
+    if value != value.strip():
+        raise ValueError(f"{value!r} starts or ends with a space — remove it")
+    if "\\" in value:
+        raise ValueError(f"{value!r} contains a backslash — separate folders with '/'")
+    if value.startswith("/"):
+        raise ValueError(
+            f"{value!r} is absolute — give a path relative to the destination, such as {example}"
+        )
+    if _DRIVE_RE.match(value):
+        raise ValueError(f"{value!r} looks like a drive letter — give a relative path")
+    raw_parts = value.split("/")
+    if ".." in raw_parts:
+        raise ValueError(
+            f"{value!r} contains '..' — paths must stay inside the destination; "
+            "remove the '..' parts"
+        )
+    if value.endswith("/") and not folder:
+        raise ValueError(f"{value!r} ends with '/' — name a file, not a folder")
+    parts = [p for p in raw_parts if p not in ("", ".")]
+    if not parts:
+        if allow_dot:
+            return "."
+        raise ValueError(f"{value!r} names no file or folder — give a path such as {example}")
+    for part in parts:
+        if len(part.encode("utf-8")) > 255:
+            raise ValueError(f"{value!r}: the name {part[:20]!r}... is longer than 255 bytes")
+    normal = "/".join(parts)
+    if len(normal.encode("utf-8")) > 4000:
+        raise ValueError(f"{value[:40]!r}... is longer than 4000 bytes — shorten it")
+    return normal
+
+
+def _relative_file(value: object) -> str:
+    return check_relative_path(value)
+
+
+def _relative_folder(value: object) -> str:
+    return check_relative_path(value, folder=True, allow_dot=True)
+
+
+def _destination(value: object) -> str:
+    normal = check_relative_path(value, folder=True, allow_dot=True)
+    if normal == ".":
+        raise ValueError(
+            f"{value!r} is the data root itself — give the dataset its own folder, "
+            'e.g. destination = "cifar10"'
+        )
+    return normal
+
+
+def _http_url(value: object, what: str = "URL") -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} — must be a URL string such as 'https://example.org/a.tar'")
+    text = value.strip()
+    if any(c.isspace() for c in text) or any(ord(c) < 32 for c in text):
+        raise ValueError(f"{value!r} contains spaces — percent-encode them (%20)")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "magnet":
+        raise ValueError(
+            "scheme 'magnet' is not supported here — put magnet links in "
+            'sources.torrent = { magnet = "..." }'
+        )
+    if scheme not in ("", "http", "https") and text.lower().startswith(scheme + ":/"):
+        raise ValueError(f"scheme '{scheme}' is not supported — use an http(s) URL")
+    if not scheme or not parts.netloc:
+        raise ValueError(
+            f"{value!r} is not a full {what} — write it with its scheme and host, "
+            "e.g. 'https://example.org/data.tar.gz'"
+        )
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme '{scheme}' is not supported — use an http(s) URL")
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port — use a number from 1 to 65535") from None
+    if not host:
+        raise ValueError(f"{value!r} has no host name — e.g. 'https://example.org/data.tar.gz'")
+    return text
+
+
+def _mirror(value: object) -> str:
+    return _http_url(value)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user name and password replaced by ``***`` (for logs and status)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _digest_validator(algorithm: str) -> Any:
+    length = DIGEST_LENGTHS[algorithm]
+
+    def check(value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} — a {algorithm} digest is a string of {length} hex digits")
+        text = value.strip().lower()
+        if not _HEX_RE.match(text):
+            raise ValueError(
+                f"{value!r} is not hexadecimal — a {algorithm} digest is {length} characters "
+                "0-9 and a-f"
+            )
+        if len(text) != length:
+            raise ValueError(
+                f"{value!r} has {len(text)} characters — a {algorithm} digest has exactly "
+                f"{length}; check that it is the {algorithm} and copied whole"
+            )
+        return text
+
+    return BeforeValidator(check)
+
+
+def _infohash(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} — an infohash is a string of 40 hex digits")
+    text = value.strip()
+    parts = urlsplit(text)
+    if parts.scheme in ("http", "https"):
+        # An Academic Torrents page URL: .../details/<infohash>
+        segments = [s for s in parts.path.split("/") if s]
+        if len(segments) >= 2 and segments[-2] == "details":
+            text = segments[-1]
+        else:
+            raise ValueError(
+                f"{value!r} — give the infohash (40 hex digits), or the "
+                "'https://academictorrents.com/details/<infohash>' page URL"
+            )
+    text = text.lower()
+    if not _HEX_RE.match(text) or len(text) not in (40, 64):
+        raise ValueError(
+            f"{value!r} is not an infohash — give the 40 hex digits shown on the dataset's "
+            "Academic Torrents page (64 for a v2 torrent)"
+        )
+    return text
+
+
+def _magnet(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} — a magnet link is a string 'magnet:?xt=urn:btih:...'")
+    text = value.strip()
+    if not text.lower().startswith("magnet:?"):
+        raise ValueError(
+            f"{text[:40]!r} is not a magnet link — it must start 'magnet:?xt=urn:btih:'"
+        )
+    query = parse_qs(text[len("magnet:?") :])
+    for topic in query.get("xt", []):
+        lower = topic.lower()
+        if lower.startswith("urn:btih:"):
+            digest = topic[len("urn:btih:") :]
+            if (len(digest) == 40 and _HEX_RE.match(digest.lower())) or _BASE32_RE.match(
+                digest.upper()
+            ):
+                return text
+        if lower.startswith("urn:btmh:1220"):
+            digest = lower[len("urn:btmh:1220") :]
+            if len(digest) == 64 and _HEX_RE.match(digest):
+                return text
+    raise ValueError(
+        f"{text[:60]!r} has no BitTorrent infohash — a magnet link needs "
+        "'xt=urn:btih:<40 hex digits>' (or 'xt=urn:btmh:1220<64 hex digits>' for v2)"
+    )
+
+
+def _torrent_path(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} — give the absolute path of a .torrent file")
+    if "\x00" in value:
+        raise ValueError(f"{value!r} contains a NUL character — remove it")
+    if not value.startswith("/"):
+        raise ValueError(
+            f"{value!r} is relative — give an absolute path such as '/srv/torrents/x.torrent': "
+            "the manifest is moved out of the inbox, so a relative path has no fixed base"
+        )
+    return os.path.normpath(value)
+
+
+def _torrent_url(value: object) -> str:
+    return _http_url(value, ".torrent URL")
+
+
+def _index_url(value: object) -> str:
+    return _http_url(value, "index URL")
+
+
+def _peer(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} — a peer is 'host:port', e.g. '192.0.2.7:6881'")
+    parse_host_port(value)
+    return value.strip()
+
+
+def _optional(check: Callable[[object], str]) -> BeforeValidator:
+    """Run ``check`` unless the value is None (the key left out)."""
+    return BeforeValidator(lambda v: None if v is None else check(v))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TorrentSpec(_Strict):
+    """A BitTorrent source: exactly one of academic_torrents, magnet, url or path."""
+
+    academic_torrents: Annotated[str | None, _optional(_infohash)] = None
+    magnet: Annotated[str | None, _optional(_magnet)] = None
+    url: Annotated[str | None, _optional(_torrent_url)] = None
+    path: Annotated[str | None, _optional(_torrent_path)] = None
+    file: Annotated[str | None, _optional(_relative_file)] = None
+    """Path of this file inside a multi-file torrent; default: the file's own path."""
+    peers: list[Annotated[str, BeforeValidator(_peer)]] = Field(default_factory=list)
+
+    KINDS: ClassVar[tuple[str, ...]] = ("academic_torrents", "magnet", "url", "path")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TorrentSpec:
+        given = [k for k in self.KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = f" (found {', '.join(given)})" if given else ""
+            raise ValueError("give exactly one of academic_torrents, magnet, url or path" + found)
+        return self
+
+    @property
+    def kind(self) -> Literal["academic_torrents", "magnet", "url", "path"]:
+        """Which of the four ways names the torrent."""
+        if self.academic_torrents is not None:
+            return "academic_torrents"
+        if self.magnet is not None:
+            return "magnet"
+        if self.url is not None:
+            return "url"
+        return "path"
+
+    @property
+    def value(self) -> str:
+        """The infohash, magnet link, URL or path."""
+        value = getattr(self, self.kind)
+        assert isinstance(value, str)
+        return value
+
+
+class Sources(_Strict):
+    """Where a file's bytes come from: http(s) mirrors and/or a torrent."""
+
+    mirrors: list[Annotated[str, BeforeValidator(_mirror)]] = Field(default_factory=list)
+    torrent: TorrentSpec | None = None
+
+    @field_validator("mirrors")
+    @classmethod
+    def _no_duplicates(cls, value: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for i, url in enumerate(value):
+            if url in seen:
+                raise ValueError(
+                    f"{redact_url(url)!r} is listed twice (mirrors[{seen[url]}] and "
+                    f"mirrors[{i}]) — remove one"
+                )
+            seen[url] = i
+        return value
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Sources:
+        if not self.mirrors and self.torrent is None:
+            raise ValueError(
+                'no source — give mirrors = ["https://..."] and/or '
+                'torrent = { academic_torrents = "<infohash>" }'
+            )
+        return self
+
+
+class UnpackStep(_Strict):
+    """One extraction of the file once it is verified."""
+
+    format: ArchiveFormat = "auto"
+    into: Annotated[str, BeforeValidator(_relative_folder)] = "."
+    nested: bool = False
+    delete_archive: bool = False
+
+
+class FileSpec(_Strict):
+    """One file of a dataset."""
+
+    path: Annotated[str, BeforeValidator(_relative_file)]
+    size: int | None = Field(default=None, ge=0)
+    sha256: Annotated[str | None, _digest_validator("sha256")] = None
+    sha1: Annotated[str | None, _digest_validator("sha1")] = None
+    md5: Annotated[str | None, _digest_validator("md5")] = None
+    blake2b: Annotated[str | None, _digest_validator("blake2b")] = None
+    sources: Sources
+    connections: int | None = Field(default=None, ge=1, le=64)
+    unpack: list[UnpackStep] = Field(default_factory=list)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """The checksums given, by algorithm: ``{"md5": "c58f..."}``."""
+        out: dict[str, str] = {}
+        for algorithm in DIGEST_LENGTHS:
+            value = getattr(self, algorithm)
+            if value is not None:
+                out[algorithm] = value
+        return out
+
+    @property
+    def has_digest(self) -> bool:
+        """Whether the file can be verified."""
+        return bool(self.digests)
+
+
+def _requirement(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{value!r} — a requirement is a string such as 'numpy==2.0.0'")
+    text = value.strip()
+    # A leading '-' would be read by pip as an option (e.g. --index-url), not a package.
+    if text.startswith("-"):
+        raise ValueError(
+            f"{value!r} is a pip option, not a requirement — use index_urls for indexes and "
+            "list packages such as 'numpy==2.0.0'"
+        )
+    if any(ord(c) < 32 for c in text):
+        raise ValueError(f"{value!r} contains a control character — remove it")
+    return text
+
+
+class PipSpec(_Strict):
+    """Python wheels to fetch alongside the dataset (into ``target`` under the destination)."""
+
+    requirements: list[Annotated[str, BeforeValidator(_requirement)]] = Field(min_length=1)
+    target: Annotated[str, BeforeValidator(_relative_folder)] = "wheels"
+    index_urls: list[Annotated[str, BeforeValidator(_index_url)]] = Field(default_factory=list)
+
+
+def _name(value: object) -> object:
+    if isinstance(value, str) and not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} — a name is 1 to 128 letters, digits, '.', '_' or '-', starting with "
+            "a letter or digit (it is the job id), e.g. 'cifar10'"
+        )
+    return value
+
+
+def _version(value: object) -> object:
+    if type(value) is not int or value != 1:
+        raise ValueError(
+            f"{value!r} — this daemon reads manifest_version 1; write manifest_version = 1"
+        )
+    return value
+
+
+class Manifest(_Strict):
+    """A dataset: its name (the job id), destination under the data root, and files."""
+
+    manifest_version: Annotated[Literal[1], BeforeValidator(_version)]
+    name: Annotated[str, BeforeValidator(_name)]
+    description: str = ""
+    destination: Annotated[str, BeforeValidator(_destination)]
+    connections: int | None = Field(default=None, ge=1, le=64)
+    bandwidth_limit: Rate | None = Field(default=None, ge=0)
+    files: list[FileSpec] = Field(min_length=1)
+    pip: PipSpec | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Manifest:
+        # These errors need a field path with a list index, which a plain ValueError from
+        # here cannot carry; ManifestError passes through pydantic unchanged.
+        errors = _cross_check(self)
+        if errors:
+            raise ManifestError(errors)
+        return self
+
+    def warnings(self) -> list[str]:
+        """Things that are accepted but worth telling the operator, one line each."""
+        out: list[str] = []
+        for i, f in enumerate(self.files):
+            if not f.has_digest:
+                out.append(f"files[{i}] ({f.path}): no checksum; the file cannot be verified")
+            for j, url in enumerate(f.sources.mirrors):
+                parts = urlsplit(url)
+                if parts.username is not None or parts.password is not None:
+                    out.append(
+                        f"files[{i}].sources.mirrors[{j}]: the URL carries a user name or "
+                        "password; it is kept in the state folder as written"
+                    )
+        return out
+
+
+def _cross_check(m: Manifest) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for i, f in enumerate(m.files):
+        if f.path in seen:
+            errors.append(
+                (
+                    f"files[{i}].path",
+                    f"'{f.path}' is also files[{seen[f.path]}].path — each file needs its own "
+                    "path; remove the duplicate",
+                )
+            )
+        else:
+            seen[f.path] = i
+    # A path cannot be both a file and a folder ("a" and "a/b"), and "x.part" is where
+    # the download of "x" is kept until it is verified.
+    for i, f in enumerate(m.files):
+        parts = f.path.split("/")
+        for k in range(1, len(parts)):
+            parent = "/".join(parts[:k])
+            if parent in seen:
+                errors.append(
+                    (
+                        f"files[{i}].path",
+                        f"'{f.path}' is inside '{parent}', which is files[{seen[parent]}] — "
+                        "a path cannot be both a file and a folder",
+                    )
+                )
+                break
+        if f.path.endswith(".part") and f.path[: -len(".part")] in seen:
+            errors.append(
+                (
+                    f"files[{i}].path",
+                    f"'{f.path}' is where files[{seen[f.path[:-5]]}] is downloaded to before "
+                    "it is verified — rename one of them",
+                )
+            )
+        for j, step in enumerate(f.unpack):
+            if step.format == "auto" and archive_format(f.path) is None:
+                errors.append(
+                    (
+                        f"files[{i}].unpack[{j}].format",
+                        f"cannot tell the archive format of '{f.path}' from its name — set "
+                        "format to one of tar, tar.gz, tar.bz2, tar.xz, tar.zst, zip, gz, "
+                        "bz2, xz, zst",
+                    )
+                )
+    return errors
+
+
+class ManifestError(DaemonError):
+    """The manifest is invalid. ``str()`` is one line per error:
+    ``FILE: files[2].sources.mirrors[0]: scheme 'ftp' is not supported — use ...``."""
+
+    code: ClassVar[str] = "manifest.invalid"
+    hint: ClassVar[str] = (
+        "Fix the fields named above and drop the manifest into the inbox again "
+        "(or run `acquirectl add FILE`); `acquirectl schema` prints the full format."
+    )
+
+    def __init__(
+        self,
+        errors: list[tuple[str, str]] | str,
+        source: str = "<manifest>",
+        **details: object,
+    ) -> None:
+        if isinstance(errors, str):
+            errors = [("", errors)]
+        self.source = source
+        self.errors: list[tuple[str, str]] = list(errors)
+        lines = [f"{source}: {f}: {m}" if f else f"{source}: {m}" for f, m in self.errors]
+        super().__init__(
+            "\n".join(lines),
+            source=source,
+            errors=[{"field": f, "message": m} for f, m in self.errors],
+            **details,
+        )
+
+    def with_source(self, source: str) -> ManifestError:
+        """The same errors, attributed to ``source``."""
+        return type(self)(self.errors, source)
+
+
+class ManifestUnreadable(ManifestError):
+    """The manifest file could not be read at all (missing, a folder, no permission)."""
+
+    code: ClassVar[str] = "manifest.unreadable"
+    hint: ClassVar[str] = (
+        "Check that the file exists and that the daemon's user can read it, then drop it "
+        "into the inbox again."
+    )
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key '{key}' appears twice in one object — keep one")
+        out[key] = value
+    return out
+
+
+def parse_manifest(
+    text: str | bytes, source: str, fmt: Literal["toml", "json"] | None = None
+) -> Manifest:
+    """Parse and validate a manifest. ``fmt`` None: by ``source``'s suffix (``.toml``,
+    ``.json``), else JSON when the text starts with ``{``, else TOML.
+
+    Raises :class:`ManifestError` with every problem found, each with its field path.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(
+                [("", f"not UTF-8 text (byte {exc.start}) — save the manifest as UTF-8")],
+                source,
+            ) from None
+    text = text.removeprefix("\ufeff")
+    if fmt is None:
+        suffix = Path(source).suffix.lower()
+        if suffix == ".json":
+            fmt = "json"
+        elif suffix == ".toml":
+            fmt = "toml"
+        else:
+            fmt = "json" if text.lstrip().startswith("{") else "toml"
+    data: object
+    if fmt == "json":
+        try:
+            data = json.loads(text, object_pairs_hook=_json_object)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(
+                [("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")],
+                source,
+            ) from None
+        except ValueError as exc:
+            raise ManifestError([("", f"invalid JSON: {exc}")], source) from None
+        if not isinstance(data, dict):
+            raise ManifestError([("", "a JSON manifest must be one object { ... }")], source)
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ManifestError([("", f"invalid TOML: {exc}")], source) from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(describe_validation_error(Manifest, exc, _EXAMPLES), source) from None
+    except ManifestError as exc:
+        raise exc.with_source(source) from None
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate the manifest at ``path`` (errors name ``str(path)``)."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ManifestUnreadable("no such file", source) from None
+    except IsADirectoryError:
+        raise ManifestUnreadable("is a folder, not a manifest file", source) from None
+    except OSError as exc:
+        raise ManifestUnreadable(f"cannot read the file: {exc.strerror}", source) from None
+    return parse_manifest(raw, source)
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 (hex) of the canonical JSON of the validated manifest.
+
+    Defaults are filled in and paths normalised before hashing, so the same manifest
+    written differently (TOML or JSON, other key order, ``./a`` for ``a``) has one digest.
+    """
+    canonical = json.dumps(
+        manifest.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema of manifest v1 (what ``acquirectl schema`` prints)."""
+    schema = Manifest.model_json_schema()
+    schema["title"] = "acquired manifest v1"
+    return schema
+
+
+def resolve_under(root: Path, relative: str, field: str, source: str) -> Path:
+    """``root / relative`` with symlinks resolved; :class:`ManifestError` if it leaves root.
+
+    The existing part of the path is resolved (``Path.resolve``), so a symlink inside the
+    data root that points outside it is caught. ``relative`` is checked with the same
+    rules as manifest paths first. The result may be ``root`` itself (``"."``).
+    """
+    try:
+        normal = check_relative_path(relative, folder=True, allow_dot=True)
+    except ValueError as exc:
+        raise ManifestError([(field, str(exc))], source) from None
+    base = Path(root).resolve()
+    target = (base / normal).resolve()
+    if not target.is_relative_to(base):
+        raise ManifestError(
+            [
+                (
+                    field,
+                    f"'{relative}' leaves the data root {base} (it resolves to {target}, "
+                    "through a symbolic link) — remove the link or choose another path",
+                )
+            ],
+            source,
+        )
+    return target
