@@ -439,6 +439,9 @@ class Service:
             LOG.error("cannot read free space of %s: %s", self.config.data_root, exc)
             return
         self._disk = DiskView(free, self.config.reserve_bytes(total))
+        # Paused files come back only with some room above the reserve, so that a disk
+        # that filled up (ENOSPC) does not flap between pausing and resuming.
+        resume_at = self._disk.reserve + max(total // 100, 1 << 20)
         if free < self._disk.reserve:
             for act in list(self.active.values()):
                 if act.stop_reason is None and act.handle is not None:
@@ -450,7 +453,7 @@ class Service:
                         file_id=act.file_id,
                     )
                     self._stop_active(act, "disk")
-        else:
+        elif free >= resume_at:
             for row in self.store.files_in_state(FileState.PAUSED):
                 if row.reason and row.reason.startswith(DISK_WAIT):
                     self.store.set_state(row.id, FileState.QUEUED, reason="space is back")
