@@ -100,6 +100,8 @@ class Fault:
     """Drip the body at this many bytes per second."""
     no_range: bool = False
     """Ignore ``Range``/``If-Range``: 200 with the whole body."""
+    ignore_if_range: bool = False
+    """Serve the asked range even when ``If-Range`` does not match (a broken cache)."""
     content_length: int | None = None
     """Announce this ``Content-Length`` instead of the true one (the body is unchanged and
     the connection closes after it, so a larger value reads as a truncated body)."""
@@ -242,7 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
             record.range is not None
             and blob.accept_ranges
             and not (fault is not None and fault.no_range)
-            and self._if_range_matches(blob, record.if_range)
+            and (
+                (fault is not None and fault.ignore_if_range)
+                or self._if_range_matches(blob, record.if_range)
+            )
         )
         if use_range and record.range is not None:
             parsed = parse_range(record.range, size)
