@@ -39,6 +39,7 @@ from acquired.daemon.states import (
 from acquired.daemon.store import FileRow, NewFile, Store
 from acquired.sources.http import FileRequest, HttpDownload, HttpOptions
 from acquired.sources.http import events as http_events
+from acquired.sources.http.ratelimit import RateLimiter
 
 LOG = logging.getLogger("acquired.service")
 VERSION = "0.1.0"
@@ -226,6 +227,9 @@ class Service:
         self.manifests_dir = config.state_dir / "manifests"
         self.manifests_dir.mkdir(parents=True, exist_ok=True)
         self._test_faults = os.environ.get("ACQUIRED_TEST_FAULTS") == "1"
+        # One bucket for all transfers, one per job that sets its own limit.
+        self.limiter = RateLimiter(config.bandwidth_limit or None)
+        self._job_limiters: dict[str, RateLimiter] = {}
 
     # -- threads other than the state thread call only these ---------------------------
 
@@ -480,7 +484,7 @@ class Service:
             if wait is not None:
                 if row.reason != wait:
                     self.store.set_reason(row.id, wait)
-                    self._event("info", wait, job_id=row.job_id, file_id=row.id)
+                    self._event("info", wait, job_id=row.job_id, file_id=row.id, path=row.path)
                 continue
             self._start(row)
             slots -= 1
@@ -523,6 +527,7 @@ class Service:
             min_speed_window=http.min_speed_window,
             max_tries=http.max_tries,
             checkpoint_interval=http.checkpoint_interval,
+            limiters=self._limiters(row.job_id, manifest.bandwidth_limit),
         )
         self._tokens += 1
         token = self._tokens
@@ -550,8 +555,20 @@ class Service:
             bytes_done=row.bytes_done,
         )
         self.store.set_state(row.id, FileState.FETCHING, attempts=row.attempts + 1, source="http")
-        self._event("info", f"fetching from {source}", job_id=row.job_id, file_id=row.id)
+        self._event(
+            "info", f"fetching from {source}", job_id=row.job_id, file_id=row.id, path=row.path
+        )
         thread.start()
+
+    def _limiters(self, job_id: str, job_limit: int | None) -> tuple[RateLimiter, ...]:
+        if not job_limit:
+            return (self.limiter,)
+        limiter = self._job_limiters.get(job_id)
+        if limiter is None:
+            limiter = self._job_limiters[job_id] = RateLimiter(job_limit)
+        else:
+            limiter.set_rate(job_limit)
+        return (self.limiter, limiter)
 
     def _run_transfer(self, download: HttpDownload, file_id: int, token: int) -> None:
         try:
@@ -635,7 +652,9 @@ class Service:
             self.store.set_state(
                 row.id, FileState.PAUSED, reason=reason or f"{DISK_WAIT}: below the reserve"
             )
-            self._event("warning", f"paused: {DISK_WAIT}", job_id=row.job_id, file_id=row.id)
+            self._event(
+                "warning", f"paused: {DISK_WAIT}", job_id=row.job_id, file_id=row.id, path=row.path
+            )
             return
         if info.code == "verify.digest_mismatch":
             self.store.clear_checkpoint(row.id)
@@ -861,6 +880,7 @@ class Service:
                 )
                 setattr(new, name, getattr(old, name))
         self.config = new
+        self.limiter.set_rate(new.bandwidth_limit or None)
         logging.getLogger("acquired").setLevel(new.log_level.upper())
         self._check_disk(force=True)
         self._event("info", "configuration reloaded")
@@ -873,10 +893,10 @@ class Service:
         job_id: str | None = None,
         file_id: int | None = None,
         code: str | None = None,
+        path: str | None = None,
     ) -> None:
         """One line per state change and per error: in the log and in the store."""
-        path = None
-        if file_id is not None:
+        if path is None and file_id is not None:
             act = self.active.get(file_id)
             path = act.path if act else None
         extra = {"job": job_id, "file": path, "code": code}
