@@ -153,7 +153,8 @@ class _Entry:
     scrape_complete: int = -1
     scrape_incomplete: int = -1
     dht_peers: int = 0
-    total_wanted: int = 0
+    wanted_size: int = 0
+    """Bytes of the wanted files (libtorrent's total_wanted counts whole pieces)."""
     ratio: float = 0.0
     peers: int = 0
     seeds: int = 0
@@ -332,6 +333,7 @@ class TorrentEngine:
                 phase="downloading" if atp.ti is not None else "metadata",
                 wanted=wanted,
                 last_data=now,
+                wanted_size=_wanted_size(atp.ti, wanted) if atp.ti is not None else 0,
             )
             self._entries[request.key] = entry
             self._by_ih[ih] = entry
@@ -429,8 +431,8 @@ class TorrentEngine:
         entry = self._entry(key)
         st = entry.handle.status()
         now = time.monotonic()
-        total = st.total_wanted
-        ratio = st.all_time_upload / total if total else 0.0
+        done, total = _bytes(entry, st)
+        ratio = _ratio(entry, st)
         web = 0
         with contextlib.suppress(RuntimeError):
             web = sum(1 for p in entry.handle.get_peer_info() if p.connection_type != 0)
@@ -440,7 +442,7 @@ class TorrentEngine:
             infohash=entry.ih,
             phase=entry.phase,
             state=_state_name(st, entry),
-            done=st.total_wanted_done,
+            done=done,
             total=total,
             rate=float(st.download_payload_rate),
             upload_rate=float(st.upload_payload_rate),
@@ -818,8 +820,7 @@ class TorrentEngine:
             entry.last_payload = st.total_payload_download
             entry.last_data = now
             entry.stalled = False
-        entry.total_wanted = st.total_wanted
-        entry.ratio = st.all_time_upload / st.total_wanted if st.total_wanted else 0.0
+        entry.ratio = _ratio(entry, st)
         entry.peers = st.num_peers
         entry.seeds = st.num_seeds
         if st.num_peers > 0:
@@ -829,11 +830,12 @@ class TorrentEngine:
                     self._peers_since = now - self._started
         if entry.probe or entry.phase == "metadata":
             return
+        done, total = _bytes(entry, st)
         self._emit(
             TorrentProgress(
                 key=entry.key,
-                done=st.total_wanted_done,
-                total=st.total_wanted,
+                done=done,
+                total=total,
                 rate=float(st.download_payload_rate),
                 upload_rate=float(st.upload_payload_rate),
                 peers=st.num_peers,
@@ -902,6 +904,7 @@ class TorrentEngine:
         entry.last_data = time.monotonic()
         handle.prioritize_files(priorities)
         total = sum(size for i, _, size in files if i in wanted)
+        entry.wanted_size = total
         self._emit(MetadataReceived(entry.key, ti.name(), total))
 
     def _finish(self, entry: _Entry) -> None:
@@ -964,6 +967,22 @@ class TorrentEngine:
             entry.phase = "seeding"
             entry.finished_at = time.monotonic()
             self._save_resume(entry)
+            # A small torrent can finish between two updates: always report the end state.
+            st = handle.status()
+            done, total = _bytes(entry, st)
+            self._emit(
+                TorrentProgress(
+                    key=entry.key,
+                    done=done,
+                    total=total,
+                    rate=float(st.download_payload_rate),
+                    upload_rate=float(st.upload_payload_rate),
+                    peers=st.num_peers,
+                    seeds=st.num_seeds,
+                    state="seeding",
+                    ratio=_ratio(entry, st),
+                )
+            )
             self._emit(
                 TorrentFinished(entry.key, {n: f for n, f in entry.wanted.values()}, digests)
             )
@@ -1024,6 +1043,25 @@ class TorrentEngine:
                     self._emit(SeedingDone(e.key, e.ratio, seconds))
             if save_all and e.phase != "failed" and e.handle.need_save_resume_data():
                 self._save_resume(e)
+
+
+def _wanted_size(ti: lt.torrent_info, wanted: dict[int, tuple[str, Path]]) -> int:
+    return sum(size for i, _, size in torrent_files(ti) if i in wanted)
+
+
+def _bytes(entry: _Entry, st: lt.torrent_status) -> tuple[int, int]:
+    """(done, total) in bytes of the wanted files, scaled from libtorrent's piece counts."""
+    if entry.wanted_size <= 0 or st.total_wanted <= 0:
+        return int(st.total_wanted_done), int(st.total_wanted)
+    if st.total_wanted_done >= st.total_wanted:
+        return entry.wanted_size, entry.wanted_size
+    done = st.total_wanted_done * entry.wanted_size // st.total_wanted
+    return min(int(done), entry.wanted_size), entry.wanted_size
+
+
+def _ratio(entry: _Entry, st: lt.torrent_status) -> float:
+    size = entry.wanted_size or st.total_wanted
+    return st.all_time_upload / size if size else 0.0
 
 
 def _alert_filename(a: lt.alert) -> str:

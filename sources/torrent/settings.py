@@ -93,6 +93,7 @@ def settings_pack(settings: TorrentSettings, alert_mask: int) -> dict[str, objec
         "listen_interfaces": settings.interfaces_string(),
         # A fixed port must stay fixed: falling back to a random port hides the problem.
         "listen_system_port_fallback": False,
+        "max_retry_port_bind": 0,
         "enable_upnp": settings.upnp,
         "enable_natpmp": settings.natpmp,
         "enable_lsd": settings.lsd,
