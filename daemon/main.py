@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         info = describe(exc)
         print(f"acquired: {info.message}\n  hint: {info.hint}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
     for folder in (config.data_root, config.inbox, config.state_dir, config.runtime_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    # The local log file lets `acquirectl logs` work where the journal is not readable.
+    setup_logging(config.log_level, log_file=config.state_dir / "acquired.log")
     config.runtime_dir.chmod(0o750)
 
     try:

@@ -29,7 +29,7 @@ from acquired.daemon.manifest import (
     parse_manifest,
     resolve_under,
 )
-from acquired.daemon.notify import Notifier
+from acquired.daemon.notify import Notifier, format_status
 from acquired.daemon.states import (
     FileState,
     after_command,
@@ -864,12 +864,7 @@ class Service:
         if now - self._last_status < 2.0 or not self.notifier.enabled:
             return
         self._last_status = now
-        counts = self.store.state_counts()
-        rate = sum(a.rate for a in self.active.values())
-        self.notifier.status(
-            f"{len(self.active)} active · {fmt_bytes(rate)}/s · "
-            f"{counts.get(FileState.DONE, 0)} done · {counts.get(FileState.FAILED, 0)} failed"
-        )
+        self.notifier.status(format_status(self.snapshot()))
 
     def _apply_config(self, new: Config) -> None:
         old = self.config
