@@ -31,6 +31,9 @@ from pydantic import (
 
 from .errors import DaemonError
 from .units import (
+    Bool,
+    Float,
+    Int,
     describe_validation_error,
     parse_host_port,
     parse_rate,
@@ -176,27 +179,27 @@ class _Strict(BaseModel):
 class HttpSettings(_Strict):
     """Defaults of the HTTP engine (``[http]``); a manifest may lower connections."""
 
-    connections_per_file: int = Field(default=8, ge=1, le=64)
-    per_host_connections: int = Field(default=16, ge=1, le=256)
-    connect_timeout: float = Field(default=10.0, gt=0)
-    read_timeout: float = Field(default=30.0, gt=0)
+    connections_per_file: Int = Field(default=8, ge=1, le=64)
+    per_host_connections: Int = Field(default=16, ge=1, le=256)
+    connect_timeout: Float = Field(default=10.0, gt=0)
+    read_timeout: Float = Field(default=30.0, gt=0)
     min_speed: Size = Field(default=1024, ge=0)
-    min_speed_window: float = Field(default=30.0, gt=0)
-    max_tries: int = Field(default=6, ge=1, le=1000)
-    checkpoint_interval: float = Field(default=2.0, gt=0)
+    min_speed_window: Float = Field(default=30.0, gt=0)
+    max_tries: Int = Field(default=6, ge=1, le=1000)
+    checkpoint_interval: Float = Field(default=2.0, gt=0)
 
 
 class TorrentSettings(_Strict):
     """The BitTorrent session (``[torrent]``): fixed ports, no UPnP/NAT-PMP by default."""
 
-    listen_port: int = Field(default=6881, ge=0, le=65535)
+    listen_port: Int = Field(default=6881, ge=0, le=65535)
     listen_interfaces: list[Annotated[str, BeforeValidator(_check_interface)]] = Field(
         default_factory=lambda: ["0.0.0.0", "[::]"]
     )
-    upnp: bool = False
-    natpmp: bool = False
-    lsd: bool = False
-    dht: bool = True
+    upnp: Bool = False
+    natpmp: Bool = False
+    lsd: Bool = False
+    dht: Bool = True
     dht_bootstrap: list[Annotated[str, BeforeValidator(_check_host_port)]] = Field(
         default_factory=lambda: [
             "router.bittorrent.com:6881",
@@ -207,11 +210,11 @@ class TorrentSettings(_Strict):
     academic_torrents_url: Annotated[str, BeforeValidator(_check_http_url)] = (
         "https://academictorrents.com"
     )
-    metadata_timeout: float = Field(default=300.0, gt=0)
-    stall_window: float = Field(default=300.0, gt=0)
-    seed_ratio: float = Field(default=1.0, ge=0)
-    seed_time: float = Field(default=0.0, ge=0)
-    connections_limit: int = Field(default=200, ge=1, le=65535)
+    metadata_timeout: Float = Field(default=300.0, gt=0)
+    stall_window: Float = Field(default=300.0, gt=0)
+    seed_ratio: Float = Field(default=1.0, ge=0)
+    seed_time: Float = Field(default=0.0, ge=0)
+    connections_limit: Int = Field(default=200, ge=1, le=65535)
 
     @property
     def listen_interfaces_setting(self) -> str:
@@ -222,12 +225,12 @@ class TorrentSettings(_Strict):
 class UnpackSettings(_Strict):
     """Limits of the unpack pipeline (``[unpack]``)."""
 
-    workers: int = Field(default=0, ge=0, le=1024)
-    max_ratio: float = Field(default=200.0, gt=0)
+    workers: Int = Field(default=0, ge=0, le=1024)
+    max_ratio: Float = Field(default=200.0, gt=0)
     max_bytes: Size = Field(default=2 * 1024**4, ge=0)
-    max_entries: int = Field(default=10_000_000, ge=1)
+    max_entries: Int = Field(default=10_000_000, ge=1)
     watch_dirs: list[Path] = Field(default_factory=list)
-    delete_archives: bool = False
+    delete_archives: Bool = False
 
 
 class MetricsSettings(_Strict):
@@ -256,7 +259,7 @@ class Config(_Strict):
     state_dir: Path = Path("var/state")
     runtime_dir: Path = Path("var/run")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_concurrent_files: int = Field(default=4, ge=1, le=1024)
+    max_concurrent_files: Int = Field(default=4, ge=1, le=1024)
     bandwidth_limit: Rate = Field(default=0, ge=0)
     disk_reserve: DiskReserveField = Field(
         default=DiskReserve(size=1024**3), json_schema_extra={"default": 1024**3}

@@ -59,7 +59,7 @@ from pydantic import (
 
 from .config import Rate
 from .errors import DaemonError
-from .units import describe_validation_error, parse_host_port
+from .units import Bool, Int, describe_validation_error, parse_host_port
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -353,19 +353,26 @@ def _optional(check: Callable[[object], str]) -> BeforeValidator:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Attribute docstrings become descriptions in the JSON Schema (`acquirectl schema`).
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class TorrentSpec(_Strict):
     """A BitTorrent source: exactly one of academic_torrents, magnet, url or path."""
 
     academic_torrents: Annotated[str | None, _optional(_infohash)] = None
+    """Infohash of an Academic Torrents entry (40 hex digits; 64 for v2), or its
+    https://academictorrents.com/details/<infohash> page URL."""
     magnet: Annotated[str | None, _optional(_magnet)] = None
+    """A magnet link: magnet:?xt=urn:btih:<infohash>..."""
     url: Annotated[str | None, _optional(_torrent_url)] = None
+    """An http(s) URL of a .torrent file."""
     path: Annotated[str | None, _optional(_torrent_path)] = None
+    """Absolute path of a local .torrent file."""
     file: Annotated[str | None, _optional(_relative_file)] = None
     """Path of this file inside a multi-file torrent; default: the file's own path."""
     peers: list[Annotated[str, BeforeValidator(_peer)]] = Field(default_factory=list)
+    """Peers to try first, as host:port ([v6]:port for IPv6)."""
 
     KINDS: ClassVar[tuple[str, ...]] = ("academic_torrents", "magnet", "url", "path")
 
@@ -396,11 +403,33 @@ class TorrentSpec(_Strict):
         return value
 
 
+def _torrent_table(value: object) -> object:
+    """A bare string where a table belongs: say which table to write."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    lower = text.lower()
+    if lower.startswith("magnet:"):
+        key = "magnet"
+    elif lower.startswith(("http://", "https://")):
+        key = "url"
+    elif text.startswith("/"):
+        key = "path"
+    else:
+        key = "academic_torrents"
+    raise ValueError(
+        f"{text[:60]!r} — a torrent is a table naming its kind: write "
+        f'torrent = {{ {key} = "..." }} (one of academic_torrents, magnet, url, path)'
+    )
+
+
 class Sources(_Strict):
     """Where a file's bytes come from: http(s) mirrors and/or a torrent."""
 
     mirrors: list[Annotated[str, BeforeValidator(_mirror)]] = Field(default_factory=list)
-    torrent: TorrentSpec | None = None
+    """http(s) URLs that serve the same file."""
+    torrent: Annotated[TorrentSpec | None, BeforeValidator(_torrent_table)] = None
+    """A torrent that holds the file."""
 
     @field_validator("mirrors")
     @classmethod
@@ -429,23 +458,40 @@ class UnpackStep(_Strict):
     """One extraction of the file once it is verified."""
 
     format: ArchiveFormat = "auto"
+    """Archive format; "auto" tells it from the file name."""
     into: Annotated[str, BeforeValidator(_relative_folder)] = "."
-    nested: bool = False
-    delete_archive: bool = False
+    """Folder to extract into, relative to the destination."""
+    nested: Bool = False
+    """Also extract archives found inside the archive."""
+    delete_archive: Bool = False
+    """Delete the archive once it has been extracted."""
 
 
 class FileSpec(_Strict):
     """One file of a dataset."""
 
     path: Annotated[str, BeforeValidator(_relative_file)]
-    size: int | None = Field(default=None, ge=0)
-    sha256: Annotated[str | None, _digest_validator("sha256")] = None
-    sha1: Annotated[str | None, _digest_validator("sha1")] = None
-    md5: Annotated[str | None, _digest_validator("md5")] = None
-    blake2b: Annotated[str | None, _digest_validator("blake2b")] = None
+    """Where the file goes, relative to the destination ('/' separates folders)."""
+    size: Int | None = Field(default=None, ge=0)
+    """Size in bytes, if known: checked, and reserved on disk before the download starts."""
+    sha256: Annotated[str | None, _digest_validator("sha256")] = Field(
+        default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{64}$"}
+    )
+    sha1: Annotated[str | None, _digest_validator("sha1")] = Field(
+        default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{40}$"}
+    )
+    md5: Annotated[str | None, _digest_validator("md5")] = Field(
+        default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{32}$"}
+    )
+    blake2b: Annotated[str | None, _digest_validator("blake2b")] = Field(
+        default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{128}$"}
+    )
     sources: Sources
-    connections: int | None = Field(default=None, ge=1, le=64)
+    """Where the bytes come from."""
+    connections: Int | None = Field(default=None, ge=1, le=64)
+    """Parallel HTTP connections for this file (default: the manifest's, else the config's)."""
     unpack: list[UnpackStep] = Field(default_factory=list)
+    """Extractions to run once the file is verified."""
 
     @property
     def digests(self) -> dict[str, str]:
@@ -482,8 +528,11 @@ class PipSpec(_Strict):
     """Python wheels to fetch alongside the dataset (into ``target`` under the destination)."""
 
     requirements: list[Annotated[str, BeforeValidator(_requirement)]] = Field(min_length=1)
+    """Requirement specifiers, e.g. "numpy==2.0.0"."""
     target: Annotated[str, BeforeValidator(_relative_folder)] = "wheels"
+    """Folder for the wheels, relative to the destination."""
     index_urls: list[Annotated[str, BeforeValidator(_index_url)]] = Field(default_factory=list)
+    """Package indexes (http(s)) to use instead of the default one."""
 
 
 def _name(value: object) -> object:
@@ -507,13 +556,21 @@ class Manifest(_Strict):
     """A dataset: its name (the job id), destination under the data root, and files."""
 
     manifest_version: Annotated[Literal[1], BeforeValidator(_version)]
+    """Always 1."""
     name: Annotated[str, BeforeValidator(_name)]
+    """The job id: letters, digits, '.', '_', '-' (at most 128, starting alphanumeric)."""
     description: str = ""
+    """Free text shown in status."""
     destination: Annotated[str, BeforeValidator(_destination)]
-    connections: int | None = Field(default=None, ge=1, le=64)
+    """The dataset's folder, relative to the data root."""
+    connections: Int | None = Field(default=None, ge=1, le=64)
+    """Default parallel HTTP connections for this dataset's files."""
     bandwidth_limit: Rate | None = Field(default=None, ge=0)
+    """Rate limit for this job in bytes/s ("20M" accepted); 0 or absent: none."""
     files: list[FileSpec] = Field(min_length=1)
+    """The files of the dataset."""
     pip: PipSpec | None = None
+    """Python wheels to fetch alongside."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Manifest:

@@ -20,6 +20,7 @@ terms (``files[2].sources.mirrors[0]: ...``); ``config`` and ``manifest`` share 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import types
@@ -29,8 +30,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import annotated_types
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Strict, ValidationError
 from pydantic_core import ErrorDetails
+
+# Strict scalars: TOML and JSON carry real types, so `true` is not 1 and "8" is not 8.
+Int = typing.Annotated[int, Strict()]
+Float = typing.Annotated[float, Strict()]
+Bool = typing.Annotated[bool, Strict()]
 
 _PREFIXES = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 _SIZE_RE = re.compile(
@@ -111,14 +117,21 @@ def format_size(n: float) -> str:
 # --- validation messages --------------------------------------------------------------
 
 
+_BARE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def format_loc(loc: Sequence[int | str]) -> str:
     """``("files", 2, "sources", "mirrors", 0)`` -> ``"files[2].sources.mirrors[0]"``."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+            continue
+        key = str(part)
+        if not _BARE_KEY_RE.match(key):
+            # Quoted as TOML quotes such keys, so an odd key ("", "a.b") reads unambiguously.
+            key = json.dumps(key)
+        out += f".{key}" if out else key
     return out
 
 
@@ -201,7 +214,7 @@ def describe_error(
         hint = suggest(key, allowed)
         if not hint and allowed:
             hint = f" (known keys: {', '.join(allowed)})"
-        return field, f"unknown key '{key}'{hint} — remove or rename it"
+        return field, f"unknown key {key!r}{hint} — remove or rename it"
     if kind == "missing":
         example = (examples or {}).get(str(loc[-1])) if loc else None
         return field, f"is required — add it, e.g. {example}" if example else "is required — add it"

@@ -177,6 +177,10 @@ def test_the_example_config_loads_and_matches_the_defaults(tmp_path: Path) -> No
         ("[http]\nconnect_timeout = 0\n", "http.connect_timeout", "must be more than 0"),
         ('[http]\nmax_tries = "many"\n', "http.max_tries", "must be a whole number"),
         ("[torrent]\ndht = 3\n", "torrent.dht", "must be true or false"),
+        ('[torrent]\ndht = "yes"\n', "torrent.dht", "must be true or false"),
+        ("max_concurrent_files = true\n", "max_concurrent_files", "must be a whole number"),
+        ('max_concurrent_files = "4"\n', "max_concurrent_files", "must be a whole number"),
+        ("[http]\nread_timeout = true\n", "http.read_timeout", "must be a number"),
         ("http = 3\n", "http", "must be a table"),
         ("data_root = 3\n", "data_root", "must be a path string"),
     ],
@@ -340,6 +344,8 @@ def test_format_loc() -> None:
     assert format_loc(("files", 2, "sources", "mirrors", 0)) == "files[2].sources.mirrors[0]"
     assert format_loc(()) == ""
     assert format_loc(("http", "min_speed")) == "http.min_speed"
+    assert format_loc(("files", 0, "")) == 'files[0].""'
+    assert format_loc(("a.b", "c d")) == '"a.b"."c d"'
 
 
 def test_json_schema_is_generated() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,13 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
     ("top-key", setf("destinaton", value="x"), "destinaton", "did you mean 'destination'?"),
     ("negative-size", setf(*F0, "size", value=-1), "files[0].size", "must be at least 0"),
     ("size-text", setf(*F0, "size", value="big"), "files[0].size", "must be a whole number"),
+    ("size-string-number", setf(*F0, "size", value="10"), "files[0].size", "whole number"),
+    ("size-bool", setf(*F0, "size", value=True), "files[0].size", "must be a whole number"),
+    ("size-float", setf(*F0, "size", value=1.5), "files[0].size", "must be a whole number"),
+    ("torrent-as-string", setf("files", 1, "sources", "torrent", value="magnet:?xt=urn:btih:x"),
+     "files[1].sources.torrent", 'write torrent = { magnet = "..." }'),
+    ("torrent-infohash-string", setf("files", 1, "sources", "torrent", value=INFOHASH),
+     "files[1].sources.torrent", 'torrent = { academic_torrents = "..." }'),
     ("abs-path", setf(*F0, "path", value="/etc/passwd"), "files[0].path", "is absolute"),
     ("dotdot-path", setf(*F0, "path", value="a/../../etc/passwd"),
      "files[0].path", "contains '..'"),
@@ -281,6 +289,10 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
      "files[1].unpack[0].target", "unknown key 'target'"),
     ("unpack-nested", setf("files", 1, "unpack", value=[{"nested": "sometimes"}]),
      "files[1].unpack[0].nested", "must be true or false"),
+    ("unpack-nested-int", setf("files", 1, "unpack", value=[{"nested": 1}]),
+     "files[1].unpack[0].nested", "must be true or false"),
+    ("unpack-not-list", setf("files", 1, "unpack", value={"format": "zip"}),
+     "files[1].unpack", "must be a list"),
     ("pip-empty", setf("pip", value={"requirements": []}), "pip.requirements", "at least 1"),
     ("pip-option", setf("pip", value={"requirements": ["--index-url=http://evil/"]}),
      "pip.requirements[0]", "is a pip option"),
@@ -330,6 +342,51 @@ def test_several_errors_are_reported_together() -> None:
         "name",
     ]
     assert len(str(info.value).splitlines()) == 3
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key/index path inside parsed manifest data."""
+    out: list[tuple[Any, ...]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        out.append((*prefix, key))
+        if isinstance(value, dict | list):
+            out.extend(_paths(value, (*prefix, key)))
+    return out
+
+
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.sampled_from(["ftp://x/y", "../..", "/etc", "C:/x", "a\\b", "magnet:?xt=x", "1G", "-1"]),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=8), st.integers(), max_size=2),
+)
+KEY = r'([A-Za-z0-9_-]+|"([^"\\]|\\.)*")'
+FIELD_PATH = re.compile(rf"^{KEY}(\[\d+\]|\.{KEY})*$")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_corruption_is_valid_or_a_clear_manifest_error(data: st.DataObject) -> None:
+    manifest = base()
+    where = data.draw(st.sampled_from(_paths(manifest)))
+    node: Any = manifest
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = data.draw(junk)
+    try:
+        parse(manifest, "fuzz.json")
+    except ManifestError as exc:
+        assert exc.errors
+        for field, message in exc.errors:
+            assert FIELD_PATH.match(field), field
+            assert message and "Input should" not in message, message
+            assert "function-" not in field and "union" not in field
+        assert all(line.startswith("fuzz.json: ") for line in str(exc).splitlines())
 
 
 # --- formats --------------------------------------------------------------------------------
