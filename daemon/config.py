@@ -216,6 +216,28 @@ class TorrentSettings(_Strict):
     seed_time: Float = Field(default=0.0, ge=0)
     connections_limit: Int = Field(default=200, ge=1, le=65535)
 
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``acquired.sources.torrent.TorrentSettings``.
+
+        Same names; lists become tuples, and ``seed_time = 0`` (no time limit here)
+        becomes the engine's ``None`` (for the engine, 0 means "do not seed").
+        """
+        return {
+            "listen_port": self.listen_port,
+            "listen_interfaces": tuple(self.listen_interfaces),
+            "upnp": self.upnp,
+            "natpmp": self.natpmp,
+            "lsd": self.lsd,
+            "dht": self.dht,
+            "dht_bootstrap": tuple(self.dht_bootstrap),
+            "connections_limit": self.connections_limit,
+            "academic_torrents_url": self.academic_torrents_url,
+            "metadata_timeout": self.metadata_timeout,
+            "stall_window": self.stall_window,
+            "seed_ratio": self.seed_ratio,
+            "seed_time": self.seed_time if self.seed_time > 0 else None,
+        }
+
     @property
     def listen_interfaces_setting(self) -> str:
         """libtorrent's ``listen_interfaces`` string: ``"0.0.0.0:6881,[::]:6881"``."""

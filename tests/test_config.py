@@ -358,3 +358,16 @@ def test_assignment_is_validated() -> None:
     config = Config()
     with pytest.raises(ValueError):
         config.max_concurrent_files = 0
+
+
+def test_torrent_engine_options_fit_the_engine_settings() -> None:
+    from acquired.sources.torrent.settings import TorrentSettings as EngineSettings
+
+    config = Config.from_mapping({"torrent": {"listen_port": 0, "seed_time": 0}})
+    engine = EngineSettings(**config.torrent.engine_options())
+    assert engine.listen_port == 0
+    assert engine.seed_time is None  # 0 in the config file means "no time limit"
+    assert engine.listen_interfaces == ("0.0.0.0", "[::]")
+    assert engine.dht_bootstrap == tuple(config.torrent.dht_bootstrap)
+    timed = Config.from_mapping({"torrent": {"seed_time": 60}}).torrent.engine_options()
+    assert EngineSettings(**timed).seed_time == 60
