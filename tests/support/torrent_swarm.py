@@ -4,6 +4,7 @@ server with Range support (web seeds). Everything listens on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -178,7 +179,9 @@ class _Quiet(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # The client may go away (libtorrent's 'stopped' announce at shutdown).
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
 
 
 @dataclass
