@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acquired.sources.torrent.events import Finding
+from acquired.sources.torrent.events import Finding, Severity
 
 DHT_GRACE = 30.0
 """Seconds after start before an empty DHT routing table counts as a problem."""
@@ -101,7 +101,7 @@ def diagnose(facts: SessionFacts) -> list[Finding]:
         taken = "in use" in fail.error.lower()
         reason = fail.error + (f"; held by {fail.holder}" if fail.holder else "")
         family_missing = "family" in fail.error.lower() or "not available" in fail.error.lower()
-        severity = (
+        severity: Severity = (
             "info" if family_missing and tcp_bound else "error" if not tcp_bound else "warning"
         )
         if taken:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import libtorrent as lt
@@ -231,7 +232,8 @@ class TorrentEngine:
                 target=self._resolve_bootstrap, name="torrent-dht-resolve", daemon=True
             ).start()
         self._started = time.monotonic()
-        self._session = lt.session(settings_pack(self.settings, mask))
+        pack: Any = settings_pack(self.settings, mask)
+        self._session = lt.session(pack)
         self._stop.clear()
         self._pump = threading.Thread(target=self._run_pump, name="torrent-alerts", daemon=True)
         self._pump.start()
@@ -368,6 +370,7 @@ class TorrentEngine:
         self, atp: lt.add_torrent_params, request: TorrentRequest
     ) -> dict[int, tuple[str, Path]]:
         ti = atp.ti
+        assert ti is not None
         files = torrent_files(ti)
         wanted = map_files(files, request.files, Path(request.save_dir), ti.name())
         previous = dict(atp.renamed_files)
@@ -793,22 +796,24 @@ class TorrentEngine:
         elif isinstance(a, lt.url_seed_alert):
             entry = self._find(a.handle)
             if entry is not None and not entry.probe:
-                self._emit(WebSeedFailed(entry.key, a.server_url, a.error_message or a.message()))
+                self._emit(
+                    WebSeedFailed(entry.key, a.server_url(), a.error_message() or a.message())
+                )
 
     def _save_done(self) -> None:
         with self._saves:
             self._pending_saves = max(0, self._pending_saves - 1)
             self._saves.notify_all()
 
-    def _on_tracker(self, a: lt.alert) -> None:
+    def _on_tracker(self, a: lt.tracker_reply_alert | lt.tracker_error_alert) -> None:
         entry = self._find(a.handle)
         if entry is None or entry.probe:
             return
-        url = a.tracker_url
+        url = a.tracker_url()
         if isinstance(a, lt.tracker_reply_alert):
             fact = doc.TrackerFact(entry.key, url, True, "ok", int(a.num_peers), 0)
         else:
-            reason = a.failure_reason or a.error.message()
+            reason = a.failure_reason() or a.error.message()
             fact = doc.TrackerFact(entry.key, url, False, reason, 0, int(a.times_in_row))
         with self._lock:
             self._trackers[(entry.key, url)] = fact
