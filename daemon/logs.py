@@ -70,8 +70,9 @@ class AcquiredJournalHandler(JournalHandler):
 
     The stock handler forwards every attribute of the record (``job``, ``msg``,
     ``args`` ...), which journald drops because field names must be upper case; this one
-    sends MESSAGE, PRIORITY, LOGGER, THREAD_NAME, CODE_*, the ``ACQUIRED_*`` fields and,
-    for exceptions, the traceback in MESSAGE and EXCEPTION_TEXT.
+    sends MESSAGE, PRIORITY, LOGGER, THREAD_NAME, CODE_*, the ``ACQUIRED_*`` fields,
+    ``ACQUIRED_MONOTONIC_USEC`` (when the record was sent, on CLOCK_MONOTONIC) and, for
+    exceptions, the traceback in MESSAGE and EXCEPTION_TEXT.
     ``sender_function`` (default ``systemd.journal.send``) is the seam for tests.
     """
 
@@ -91,6 +92,9 @@ class AcquiredJournalHandler(JournalHandler):
             if record.exc_text:
                 extras["EXCEPTION_TEXT"] = record.exc_text
             extras.update(record_fields(record))
+            # CLOCK_MONOTONIC, the clock of systemd's *TimestampMonotonic properties:
+            # lets a reader order a record against READY=1 or a restart exactly.
+            extras["ACQUIRED_MONOTONIC_USEC"] = str(time.monotonic_ns() // 1000)
             self.send(
                 message,
                 PRIORITY=str(priority(record.levelno)),

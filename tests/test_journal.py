@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from acquired.daemon import logs
 from acquired.daemon.logs import (
     AcquiredJournalHandler,

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from acquired.daemon.notify import Notifier, format_status, human_bytes, human_rate
 from support.notify_socket import NotifySocket, parse
+
+from acquired.daemon.notify import Notifier, format_status, human_bytes, human_rate
 
 
 @pytest.fixture
