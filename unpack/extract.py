@@ -1,0 +1,647 @@
+"""Safe, atomic, resumable extraction of one archive into a target folder.
+
+What a call does, in order:
+
+1. takes the step's lock (two calls for the same archive and target never overlap);
+2. if the step's marker says it was finished from an archive with the same digest and
+   everything it put in place is still there, returns at once (``skipped``);
+3. cleans up what an interrupted earlier run left (staging folders, half-done moves);
+4. extracts into a fresh *staging* folder on the target's filesystem, under the rules and
+   limits of :mod:`acquired.unpack.safety` — nested archives in parallel worker processes;
+5. moves the result *into place* (below), flushes the filesystem, writes the marker;
+6. deletes the archive if asked (only now, never before the marker exists).
+
+**Into place.** The staged tree is merged into the target without overwriting anything:
+each staged entry whose name is free in the target is renamed there whole (one rename
+for a whole folder); a staged folder whose name is an existing folder is merged entry by
+entry, recursively; a staged entry whose name is taken by a file, or by a folder where the
+archive has a file, is a :class:`TargetConflict` and nothing is moved. So several archives
+may fill one folder (``part1.tar`` and ``part2.tar`` both holding ``images/``), but no
+step ever replaces another step's or the user's files. What was moved is recorded (first
+in a journal, then in the marker): a rerun after a crash removes exactly those paths, and
+a new archive (another digest) replaces exactly the previous extraction's.
+
+**Bookkeeping** lives outside the target so that a dataset folder holds only the dataset
+(``ImageFolder`` treats every sub-folder as a class): by default in
+``<target's parent>/.acquired/<target's name>/`` — the marker ``<archive name>.json``,
+the lock, the journal, and the staging folders. When that folder is on another
+filesystem than the target, staging moves to ``<target>/.acquired-staging-*`` instead.
+
+**Crashes.** A SIGKILL at any point leaves either no marker (the next call removes the
+staging folder — after waiting for any orphaned worker to die — and extracts again) or
+the marker (the step is done). Worker processes die with the process that started them
+(``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import io
+import json
+import multiprocessing
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+from . import _engine, formats
+from ._engine import Budget, InnerJob, InnerResult, Shared, Throttle, Writer
+from .errors import (
+    ArchiveMissing,
+    CorruptArchive,
+    ExtractCancelled,
+    ReservedName,
+    TargetConflict,
+    WriteFailed,
+)
+from .safety import Limits, check_symlinks_resolve_inside
+
+__all__ = ["ExtractResult", "Limits", "default_meta_dir", "extract", "read_marker"]
+
+MARKER_VERSION = 1
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What an extraction put in place.
+
+    ``outputs`` are the paths (relative to ``target``) the step created: whole entries
+    renamed into place, or, inside merged folders, the entries moved into them.
+    ``entries``/``files``/``bytes`` count what was written (all processes together).
+    """
+
+    archive: Path
+    target: Path
+    format: str
+    entries: int
+    files: int
+    bytes: int
+    outputs: tuple[str, ...]
+    skipped: bool
+    marker: Path
+
+
+def default_meta_dir(target: Path) -> Path:
+    """Where the bookkeeping of extractions into ``target`` lives by default."""
+    target = Path(os.path.abspath(target))
+    if target.parent == target:
+        return target / ".acquired"
+    return target.parent / ".acquired" / target.name
+
+
+def read_marker(marker: Path) -> dict[str, Any] | None:
+    """The marker's content, or ``None`` if absent or unreadable."""
+    try:
+        data = json.loads(marker.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("version") == MARKER_VERSION else None
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path`` (one call instead of an fsync per file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, how: int, timeout: float | None = None) -> Iterator[int]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if timeout is None:
+            fcntl.flock(fd, how)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, how | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise WriteFailed(
+                            f"{path.parent} is still being written by another process",
+                            path=str(path),
+                        ) from None
+                    time.sleep(0.05)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _key(archive: Path) -> str:
+    return archive.name.replace(os.sep, "_")
+
+
+class _Paths:
+    """The bookkeeping paths of one (archive, target) step."""
+
+    def __init__(self, archive: Path, target: Path, meta_dir: Path) -> None:
+        self.key = _key(archive)
+        self.meta = meta_dir
+        self.marker = meta_dir / f"{self.key}.json"
+        self.journal = meta_dir / f"{self.key}.moving.json"
+        self.lock = meta_dir / f"{self.key}.lock"
+        self.target = target
+
+    def staging_prefixes(self) -> list[tuple[Path, str]]:
+        return [
+            (self.meta, f"staging-{self.key}-"),
+            (self.target, f".acquired-staging-{self.key}-"),
+        ]
+
+    def new_staging(self) -> Path:
+        token = secrets.token_hex(6)
+        if os.stat(self.meta).st_dev == os.stat(self.target).st_dev:
+            return self.meta / f"staging-{self.key}-{token}"
+        return self.target / f".acquired-staging-{self.key}-{token}"
+
+
+def _writers_lock(staging: Path) -> Path:
+    return staging.with_name(staging.name + ".lock")
+
+
+def _clean_stale(paths: _Paths) -> None:
+    """Remove staging folders of interrupted runs, once no process writes into them."""
+    for folder, prefix in paths.staging_prefixes():
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if not name.startswith(prefix) or name.endswith(".lock"):
+                continue
+            stale = folder / name
+            lock = _writers_lock(stale)
+            with _flock(lock, fcntl.LOCK_EX, timeout=120):
+                _remove(stale)
+                _remove(stale.with_name(stale.name + ".inner"))
+            _remove(lock)
+
+
+def _undo(paths: _Paths, outputs: list[str]) -> None:
+    for rel in sorted(outputs, key=lambda r: r.count("/"), reverse=True):
+        _remove(paths.target / rel)
+
+
+def _identity(archive: Path, digest: str | None) -> str | None:
+    if digest:
+        return digest
+    try:
+        st = archive.stat()
+    except FileNotFoundError:
+        return None
+    return f"stat:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _marker_valid(
+    data: dict[str, Any] | None, identity: str | None, nested: bool, target: Path
+) -> bool:
+    if data is None:
+        return False
+    if identity is not None and data.get("identity") != identity:
+        return False
+    if bool(data.get("nested")) != nested:
+        return False
+    outputs = data.get("outputs")
+    if not isinstance(outputs, list):
+        return False
+    return all(os.path.lexists(target / str(rel)) for rel in outputs)
+
+
+def _plan_moves(staging: Path, target: Path) -> list[str]:
+    moves: list[str] = []
+    conflicts: list[str] = []
+
+    def walk(rel: str) -> None:
+        with os.scandir(staging / rel if rel else staging) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            r = f"{rel}/{entry.name}" if rel else entry.name
+            dest = target / r
+            if not os.path.lexists(dest):
+                moves.append(r)
+            elif entry.is_dir(follow_symlinks=False) and dest.is_dir() and not dest.is_symlink():
+                walk(r)
+            else:
+                conflicts.append(r)
+
+    walk("")
+    if conflicts:
+        raise TargetConflict(
+            f"{len(conflicts)} extracted path(s) already exist in {target}, e.g. {conflicts[0]}",
+            target=str(target),
+            paths=conflicts[:100],
+            count=len(conflicts),
+        )
+    return moves
+
+
+class _Nested:
+    """Hands inner archives to worker processes (or extracts them inline)."""
+
+    def __init__(
+        self,
+        *,
+        archive: Path,
+        staging: Path,
+        writer: Writer,
+        limits: Limits,
+        archive_size: int,
+        workers: int,
+        shared: Shared,
+        mp: tuple[Any, Any, Any] | None,
+        cancel: threading.Event | None,
+        on_wait: Callable[[], None],
+    ) -> None:
+        self.archive = archive
+        self.staging = staging
+        self.writer = writer
+        self.limits = limits
+        self.archive_size = archive_size
+        self.workers = workers
+        self.shared = shared
+        self.mp = mp
+        self.cancel = cancel
+        self.on_wait = on_wait
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: set[Future[InnerResult]] = set()
+        self.results: list[InnerResult] = []
+        self.dests: set[str] = set()
+        self.tmp = staging.with_name(staging.name + ".inner")
+        self.count = 0
+
+    def hook(self, member: str, rel: str, offset: int, size: int, src: Any) -> bool:
+        if formats.format_from_name(rel) not in formats.CONTAINERS:
+            return False
+        dest = formats.strip_suffix(rel)
+        if dest in self.dests:
+            raise CorruptArchive(
+                f"{member!r}: another inner archive already extracts into {dest!r}",
+                member=member,
+            )
+        self.writer.directory(dest, member, None)
+        self.writer.inner_dirs.add(dest)
+        self.dests.add(dest)
+        if offset >= 0:
+            job = InnerJob(
+                str(self.archive),
+                offset,
+                size,
+                member,
+                str(self.staging / dest),
+                self.limits,
+                self.archive_size,
+            )
+        else:
+            # The outer archive is compressed (or zip): the inner one is copied out to a
+            # temporary file first; at most 2 per worker are waiting at any time.
+            self.tmp.mkdir(exist_ok=True)
+            self.count += 1
+            path = self.tmp / f"inner-{self.count}"
+            _copy_stream(src, path, size, member)
+            job = InnerJob(
+                str(path),
+                0,
+                size,
+                member,
+                str(self.staging / dest),
+                self.limits,
+                self.archive_size,
+                delete_source=True,
+            )
+        self._submit(job)
+        return True
+
+    def _submit(self, job: InnerJob) -> None:
+        if self.workers <= 1 or self.mp is None:
+            self.results.append(_engine.extract_inner(job, self.shared, self.cancel))
+            self.on_wait()
+            return
+        if self.pool is None:
+            ctx, array, lock = self.mp
+            lock_path = _writers_lock(self.staging)
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=ctx,
+                initializer=_engine.worker_init,
+                initargs=(array, lock, str(lock_path), os.getpid()),
+            )
+        while len(self.pending) >= 2 * self.workers:
+            self._wait_some()
+        self.pending.add(self.pool.submit(_engine.run_inner, job))
+
+    def _wait_some(self) -> None:
+        done, self.pending = wait(self.pending, timeout=0.25, return_when=FIRST_COMPLETED)
+        for f in done:
+            self.results.append(_result(f))
+        if self.cancel is not None and self.cancel.is_set():
+            raise ExtractCancelled("extraction was cancelled")
+        self.on_wait()
+
+    def finish(self) -> None:
+        while self.pending:
+            self._wait_some()
+
+    def close(self, failed: bool) -> None:
+        if failed:
+            self.shared.abort()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        _remove(self.tmp)
+
+
+def _result(f: Future[InnerResult]) -> InnerResult:
+    try:
+        return f.result()
+    except BrokenProcessPool:
+        raise WriteFailed(
+            "a worker process of the nested extraction died (out of memory?)"
+        ) from None
+
+
+def _copy_stream(src: IO[bytes], path: Path, size: int, member: str) -> None:
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining:
+            chunk = src.read(min(remaining, 1 << 20))
+            if not chunk:
+                raise CorruptArchive(f"{member!r}: archive ends inside this member", member=member)
+            out.write(chunk)
+            remaining -= len(chunk)
+
+
+def extract(  # noqa: PLR0917 - the documented contract takes these positionally
+    archive: Path,
+    target: Path,
+    fmt: str | None = None,
+    limits: Limits = Limits(),  # noqa: B008 - frozen dataclass, safe as a default
+    workers: int | None = None,
+    progress: Progress | None = None,
+    *,
+    nested: bool = False,
+    digest: str | None = None,
+    delete_archive: bool = False,
+    cancel: threading.Event | None = None,
+    meta_dir: Path | None = None,
+) -> ExtractResult:
+    """Extract ``archive`` into ``target`` safely, atomically and resumably.
+
+    ``fmt``: a format name (:data:`acquired.unpack.formats.FORMATS`) or ``None``/``auto``
+    to decide from the content. ``nested``: members that are archives themselves
+    (``n01440764.tar``) are extracted into a folder named after them (``n01440764/``)
+    instead of being written, by ``workers`` processes (default: one per CPU).
+    ``digest``: the archive's verified digest (e.g. ``"sha256:<hex>"``), recorded in the
+    marker; without it the archive's size and mtime stand in. ``progress(done, total)``:
+    bytes of the archive processed. ``cancel``: set it to stop (raises
+    :class:`ExtractCancelled`; the step starts over next time). ``meta_dir``: where the
+    marker and staging live (default :func:`default_meta_dir`).
+
+    Raises the :mod:`acquired.unpack.errors` classes; on any error nothing is left in
+    ``target`` (the staging folder is removed).
+    """
+    archive = Path(os.path.abspath(archive))
+    target = Path(os.path.abspath(target))
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        meta = meta_dir if meta_dir is not None else default_meta_dir(target)
+        meta.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteFailed(f"cannot create {target}: {exc.strerror}", path=str(target)) from None
+    paths = _Paths(archive, target, Path(os.path.abspath(meta)))
+    identity = _identity(archive, digest)
+    with _flock(paths.lock, fcntl.LOCK_EX):
+        data = read_marker(paths.marker)
+        if _marker_valid(data, identity, nested, target):
+            assert data is not None
+            if delete_archive:
+                _remove(archive)
+            return ExtractResult(
+                archive,
+                target,
+                str(data.get("format")),
+                int(data.get("entries", 0)),
+                int(data.get("files", 0)),
+                int(data.get("bytes", 0)),
+                tuple(str(o) for o in data["outputs"]),
+                True,
+                paths.marker,
+            )
+        journal = read_marker(paths.journal)
+        if journal is not None:
+            _undo(paths, [str(o) for o in journal.get("outputs", [])])
+        _remove(paths.journal)
+        if data is not None:
+            _undo(paths, [str(o) for o in data.get("outputs", [])])
+        _remove(paths.marker)
+        _clean_stale(paths)
+        if not archive.is_file():
+            raise ArchiveMissing(f"{archive} does not exist", path=str(archive))
+        resolved = formats.resolve_format(archive, fmt)
+        staging = paths.new_staging()
+        staging.mkdir()
+        writers_lock = _writers_lock(staging)
+        try:
+            with _flock(writers_lock, fcntl.LOCK_SH):
+                counts = _extract_into(
+                    archive=archive,
+                    staging=staging,
+                    fmt=resolved,
+                    limits=limits,
+                    workers=workers,
+                    progress=progress,
+                    nested=nested,
+                    cancel=cancel,
+                )
+                moves = _plan_moves(staging, target)
+                _write_json_atomic(paths.journal, {"version": MARKER_VERSION, "outputs": moves})
+                for rel in moves:
+                    os.rename(staging / rel, target / rel)
+                _syncfs(target)
+                record = {
+                    "version": MARKER_VERSION,
+                    "archive": archive.name,
+                    "identity": identity,
+                    "format": resolved,
+                    "nested": nested,
+                    "entries": counts[0],
+                    "files": counts[1],
+                    "bytes": counts[2],
+                    "outputs": moves,
+                    "finished": time.time(),
+                }
+                _write_json_atomic(paths.marker, record)
+                _remove(paths.journal)
+        except BaseException:
+            _remove(staging)
+            _remove(writers_lock)
+            raise
+        _remove(staging)
+        _remove(writers_lock)
+        if delete_archive:
+            _remove(archive)
+    return ExtractResult(
+        archive,
+        target,
+        resolved,
+        counts[0],
+        counts[1],
+        counts[2],
+        tuple(moves),
+        False,
+        paths.marker,
+    )
+
+
+def _extract_into(
+    *,
+    archive: Path,
+    staging: Path,
+    fmt: str,
+    limits: Limits,
+    workers: int | None,
+    progress: Progress | None,
+    nested: bool,
+    cancel: threading.Event | None,
+) -> tuple[int, int, int]:
+    """Extract into ``staging``; returns (entries, files, bytes)."""
+    size = archive.stat().st_size
+    throttle = Throttle(progress, size)
+    throttle(0, force=True)
+    n_workers = workers if workers is not None else len(os.sched_getaffinity(0))
+    use_pool = nested and n_workers > 1 and fmt in formats.CONTAINERS
+    mp: tuple[Any, Any, Any] | None = None
+    if use_pool:
+        ctx = multiprocessing.get_context("spawn")
+        array = ctx.RawArray("q", 4)
+        lock = ctx.Lock()
+        shared = Shared(array, lock)
+        mp = (ctx, array, lock)
+    else:
+        shared = _engine.local_shared()
+    budget = Budget(limits, size, archive.name, shared, cancel)
+    writer = Writer(str(staging), budget, top=True)
+    runner: _Nested | None = None
+    raw_count: list[Callable[[], int]] = []
+
+    def report() -> None:
+        if nested and fmt == "tar":
+            throttle(shared.consumed())
+        elif raw_count:
+            throttle(raw_count[0]())
+
+    if nested and fmt in formats.CONTAINERS:
+        runner = _Nested(
+            archive=archive,
+            staging=staging,
+            writer=writer,
+            limits=limits,
+            archive_size=size,
+            workers=n_workers,
+            shared=shared,
+            mp=mp,
+            cancel=cancel,
+            on_wait=report,
+        )
+    hook = runner.hook if runner is not None else None
+    failed = True
+    try:
+        with open(archive, "rb", buffering=0) as raw:
+            fd = raw.fileno()
+            if fmt == "tar":
+
+                def on_pos(pos: int) -> None:
+                    if nested:
+                        throttle(shared.consumed())
+                    else:
+                        throttle(pos)
+
+                _engine.extract_tar_seekable(fd, 0, size, writer, on_pos=on_pos, inner=hook)
+            elif fmt == "zip":
+                raw_count.append(raw.tell)
+                buffered = io.BufferedReader(cast(Any, raw), 1 << 16)
+                _engine.extract_zip(
+                    cast(IO[bytes], buffered), writer, lambda _i: throttle(raw.tell()), hook
+                )
+            else:
+                counting = _engine.Counting(cast(IO[bytes], raw))
+                raw_count.append(lambda: counting.count)
+                writer.on_data = report
+                buffered = io.BufferedReader(counting, 1 << 20)
+                if fmt.startswith("tar."):
+                    stream = formats.open_decompressed(cast(IO[bytes], buffered), fmt[4:])
+                    _engine.extract_tar_stream(stream, writer, report, hook)
+                else:
+                    name = formats.output_name(archive.name, fmt)
+                    if name.startswith(".acquired"):
+                        raise ReservedName(f"{name!r} is a name the pipeline keeps for itself")
+                    _engine.extract_single(cast(IO[bytes], buffered), fmt, name, writer)
+            if runner is not None:
+                runner.finish()
+            writer.finish()
+            budget.flush()
+        failed = False
+    finally:
+        if runner is not None:
+            runner.close(failed)
+    links = list(writer.symlink_paths)
+    entries, files, nbytes = budget.entries, budget.files, budget.bytes
+    if runner is not None:
+        for r in runner.results:
+            links.extend(r.symlinks)
+            entries += r.entries
+            files += r.files
+            nbytes += r.bytes
+    if entries == 0:
+        # An archive that yields nothing is never what a dataset meant; saying so beats
+        # reporting success with nothing there.
+        raise CorruptArchive(f"{archive.name}: the archive holds no entries", path=str(archive))
+    check_symlinks_resolve_inside(str(staging), links)
+    throttle(size, force=True)
+    return entries, files, nbytes
