@@ -35,6 +35,9 @@ class Transfer:
         self.abort_code: str | None = None
         self.received = 0  # body bytes received (written by the transfer thread only)
         self.throttled = 0.0  # seconds spent waiting on rate limiters
+        self.counted = False  # its connection is counted by the segment scheduler
+        self.asked: tuple[int, int] = (0, -1)  # the byte range requested (inclusive)
+        self.if_range: str | None = None
 
     def attach(self, conn: HTTPConnection) -> None:
         with self._lock:
@@ -164,6 +167,27 @@ class BodyReader:
             self._direct = http_resp.fp
             self._remaining = http_resp.length
         self._raw = raw
+
+    @property
+    def remaining(self) -> int | None:
+        """Body bytes not read yet, when the length is known."""
+        return self._remaining if self._direct is not None else None
+
+    def release(self, response: requests.Response) -> None:
+        """Give the connection back to the pool when the body was read to its end (the
+        next request reuses it), else close it: unread bytes must never reach the next
+        request."""
+        if self._direct is not None and self._remaining == 0:
+            try:
+                # Tell http.client the body is consumed: read() of a zero length closes
+                # its file object and leaves the connection idle and reusable.
+                self._http.length = 0
+                self._http.read()
+                self._raw.release_conn()
+                return
+            except Exception:  # noqa: S110 - fall back to closing; never reuse a doubtful one
+                pass
+        response.close()
 
     def readinto(self, view: memoryview) -> int:
         if self._direct is not None:

@@ -16,6 +16,7 @@ __all__ = [
     "HttpError",
     "HttpStatusError",
     "NotFound",
+    "RangesUnsupported",
     "ServerBusy",
     "ServerError",
     "SizeMismatch",
@@ -137,6 +138,14 @@ class VersionMismatch(HttpError):
 
     code = "http.version_mismatch"
     hint = "The mirrors serve different versions of the file; remove the stale mirror."
+
+
+class RangesUnsupported(HttpError):
+    """The mirror answers range requests with the whole file, so it cannot serve
+    segments; the file falls back to one stream if no other mirror can."""
+
+    code = "http.no_range_support"
+    hint = "Nothing to do: the file is fetched over one connection, or from other mirrors."
 
 
 class UnsupportedDigest(HttpError):

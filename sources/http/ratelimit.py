@@ -11,7 +11,7 @@ class RateLimiter:
     """Limits the bytes per second taken through ``acquire`` by any number of threads.
 
     ``rate`` None (or <= 0) means unlimited. The bucket holds at most ``burst`` bytes
-    (default: a tenth of a second's worth, at least 64 KiB), so the average over any
+    (default: a tenth of a second's worth, at least 4 KiB), so the average over any
     second stays within a few percent of ``rate``. ``set_rate`` may be called at any
     time (the daemon changes limits live).
     """
@@ -41,13 +41,15 @@ class RateLimiter:
         """Change the limit; None or <= 0 lifts it."""
         with self._lock:
             self._refill()
+            was_limited = self._rate is not None
             self._rate = rate if rate and rate > 0 else None
             if self._rate is None:
                 self._burst = 0.0
                 self._tokens = 0.0
             else:
-                self._burst = self._explicit_burst or max(65536.0, self._rate / 10)
-                self._tokens = min(self._tokens, self._burst)
+                self._burst = self._explicit_burst or max(4096.0, self._rate / 10)
+                # A new limit starts with a full bucket; a changed one keeps its debt.
+                self._tokens = min(self._tokens, self._burst) if was_limited else self._burst
 
     def chunk_size(self, default: int) -> int:
         """A read size that keeps each ``acquire`` well under the burst."""

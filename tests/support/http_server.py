@@ -141,6 +141,8 @@ class _State:
     requests: list[RequestRecord] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
 
 class _Aborted(Exception):
@@ -204,10 +206,16 @@ class _Handler(BaseHTTPRequestHandler):
             blob = state.blobs.get(path)
             fault = self._take_fault(state, path)
         record.fault = fault
+        with state.lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
             self._respond(record, blob, fault, body=body)
         except (_Aborted, ConnectionError, OSError):
             self.close_connection = True
+        finally:
+            with state.lock:
+                state.in_flight -= 1
 
     def _take_fault(self, state: _State, path: str) -> Fault | None:
         queue = state.faults.get(path, [])
@@ -501,11 +509,18 @@ class HttpTestServer:
         """The recorded requests for ``path`` (of ``method``; ``None`` for any)."""
         return [r for r in self.requests if r.path == path and method in (None, r.method)]
 
+    @property
+    def max_concurrent(self) -> int:
+        """The most requests this server was answering at the same time."""
+        with self._state.lock:
+            return self._state.max_in_flight
+
     def reset_stats(self) -> None:
-        """Forget the byte counts and the request log."""
+        """Forget the byte counts, the request log and the concurrency peak."""
         with self._state.lock:
             self._state.served.clear()
             self._state.requests.clear()
+            self._state.max_in_flight = self._state.in_flight
 
 
 @contextlib.contextmanager
