@@ -6,6 +6,10 @@ import io
 import json
 import logging
 import logging.handlers
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -213,3 +217,101 @@ def test_journal_entry_shape() -> None:
     assert entry["level"] == "warning"
     assert entry["job"] == "cifar10" and entry["code"] == "http.too_slow"
     assert entry["ts"] == 1_700_000_000.0
+
+
+# ---------------------------------------------------------------- acquirectl logs
+
+
+def _write_log(path: Path) -> None:
+    setup_logging("info", journal=False, stream=io.StringIO(), log_file=path)
+    try:
+        log = logging.getLogger("acquired.daemon")
+        log.info("job added", extra={"job": "a"})
+        log.warning("mirror slow", extra={"job": "b", "source": "http"})
+        log.error("failed", extra={"job": "a", "file": "x.bin", "code": "verify.digest_mismatch"})
+    finally:
+        setup_logging("info", journal=False)
+
+
+def _logs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "acquired.daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_acquirectl_logs_from_the_local_file(tmp_path: Path) -> None:
+    path = tmp_path / "acquired.log"
+    _write_log(path)
+    out = _logs("logs", "--file", str(path))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[0].endswith("INFO [a] job added")
+    assert lines[1].endswith("WARNING [b] mirror slow")
+    assert lines[2].endswith("ERROR [a/x.bin verify.digest_mismatch] failed")
+    only_a = _logs("logs", "a", "--file", str(path), "--lines", "1").stdout.splitlines()
+    assert len(only_a) == 1 and only_a[0].endswith("failed")
+    raw = _logs("logs", "b", "--file", str(path), "--json").stdout
+    as_json = [json.loads(line) for line in raw.splitlines()]
+    assert [(e["job"], e["source"], e["message"]) for e in as_json] == [
+        ("b", "http", "mirror slow")
+    ]
+
+
+def test_acquirectl_logs_falls_back_to_the_state_dir_log(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    _write_log(state / "acquired.log")
+    config = tmp_path / "acquired.toml"
+    config.write_text(f'state_dir = "{state}"\n')
+    # no journalctl on PATH: the journal is not available, the local file is used
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
+    out = _logs("--config", str(config), "logs", "a", env=env)
+    assert out.returncode == 0, out.stderr
+    assert [line.rsplit("] ", 1)[1] for line in out.stdout.splitlines()] == ["job added", "failed"]
+    # journal asked for explicitly but missing: a clear error with a hint
+    out = _logs("--config", str(config), "logs", "--from", "journal", env=env)
+    assert out.returncode == 1
+    assert "journalctl is not installed" in out.stderr and "hint:" in out.stderr
+
+
+def test_acquirectl_logs_without_any_log_explains(tmp_path: Path) -> None:
+    config = tmp_path / "acquired.toml"
+    config.write_text(f'state_dir = "{tmp_path / "nothing"}"\n')
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}
+    out = _logs("--config", str(config), "logs", env=env)
+    assert out.returncode == 1
+    assert "no local log file" in out.stderr
+    assert str(tmp_path / "nothing" / "acquired.log") in out.stderr
+
+
+def test_acquirectl_logs_follow(tmp_path: Path) -> None:
+    path = tmp_path / "acquired.log"
+    _write_log(path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "acquired.daemon.cli", "logs", "a", "-f", "--file", str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().endswith("job added\n")
+        assert proc.stdout.readline().endswith("failed\n")
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logs.JsonLineFormatter())
+        log = logging.getLogger("acquired.follow-cli")
+        log.addHandler(handler)
+        try:
+            log.warning("later for b", extra={"job": "b"})
+            log.warning("later for a", extra={"job": "a"})
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+        assert proc.stdout.readline().endswith("WARNING [a] later for a\n")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    assert code == 0
