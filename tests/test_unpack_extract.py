@@ -401,3 +401,27 @@ def test_an_empty_archive_is_an_error(tmp_path: Path) -> None:
         pass
     with pytest.raises(CorruptArchive, match="no entries"):
         extract(empty, tmp_path / "out", "tar")
+
+
+def test_parallel_steps_into_one_folder(tmp_path: Path) -> None:
+    # Two files of a job extracted at the same time into the same folder, both holding
+    # images/: placements take turns, the folders merge.
+    parts = [
+        A.make_tar(tmp_path / f"p{i}.tar", {f"images/{i}/{j}.jpg": b"%d" % j for j in range(300)})
+        for i in range(4)
+    ]
+    errors: list[BaseException] = []
+
+    def run(p: Path) -> None:
+        try:
+            extract(p, tmp_path / "ds")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert len(A.read_tree(tmp_path / "ds")) == 1200

@@ -187,6 +187,8 @@ class _Paths:
         self.marker = meta_dir / f"{self.key}.json"
         self.journal = meta_dir / f"{self.key}.moving.json"
         self.lock = meta_dir / f"{self.key}.lock"
+        # Shared by every step that places into this target.
+        self.placement = meta_dir / "placement.lock"
         self.target = target
 
     def staging_prefixes(self) -> list[tuple[Path, str]]:
@@ -473,12 +475,13 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
                 True,
                 paths.marker,
             )
-        journal = read_marker(paths.journal)
-        if journal is not None:
-            _undo(paths, [str(o) for o in journal.get("outputs", [])])
-        _remove(paths.journal)
-        if data is not None:
-            _undo(paths, [str(o) for o in data.get("outputs", [])])
+        with _flock(paths.placement, fcntl.LOCK_EX):
+            journal = read_marker(paths.journal)
+            if journal is not None:
+                _undo(paths, [str(o) for o in journal.get("outputs", [])])
+            _remove(paths.journal)
+            if data is not None:
+                _undo(paths, [str(o) for o in data.get("outputs", [])])
         _remove(paths.marker)
         _clean_stale(paths)
         if not archive.is_file():
@@ -499,25 +502,34 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
                     nested=nested,
                     cancel=cancel,
                 )
-                moves = _plan_moves(staging, target)
-                _write_json_atomic(paths.journal, {"version": MARKER_VERSION, "outputs": moves})
-                for rel in moves:
-                    os.rename(staging / rel, target / rel)
-                _syncfs(target)
-                record = {
-                    "version": MARKER_VERSION,
-                    "archive": archive.name,
-                    "identity": identity,
-                    "format": resolved,
-                    "nested": nested,
-                    "entries": counts[0],
-                    "files": counts[1],
-                    "bytes": counts[2],
-                    "outputs": moves,
-                    "finished": time.time(),
-                }
-                _write_json_atomic(paths.marker, record)
-                _remove(paths.journal)
+                # Steps of other archives may be placing into the same target right now
+                # (two files of a job, both into "."): one placement at a time.
+                with _flock(paths.placement, fcntl.LOCK_EX):
+                    moves = _plan_moves(staging, target)
+                    _write_json_atomic(paths.journal, {"version": MARKER_VERSION, "outputs": moves})
+                    for rel in moves:
+                        try:
+                            os.rename(staging / rel, target / rel)
+                        except OSError as exc:
+                            raise WriteFailed(
+                                f"cannot move {rel} into {target}: {exc.strerror}",
+                                path=str(target / rel),
+                            ) from None
+                    _syncfs(target)
+                    record = {
+                        "version": MARKER_VERSION,
+                        "archive": archive.name,
+                        "identity": identity,
+                        "format": resolved,
+                        "nested": nested,
+                        "entries": counts[0],
+                        "files": counts[1],
+                        "bytes": counts[2],
+                        "outputs": moves,
+                        "finished": time.time(),
+                    }
+                    _write_json_atomic(paths.marker, record)
+                    _remove(paths.journal)
         except BaseException:
             _remove(staging)
             _remove(writers_lock)
