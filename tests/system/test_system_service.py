@@ -195,6 +195,15 @@ def test_manifest_dropped_by_operator_is_acquired(ct: Container) -> None:
     # readable by the group acquired (UMask=0027), not by others
     mode = ct.run(["stat", "-c", "%a %G", "/srv/acquired/data/small/small.bin"]).check().stdout
     assert mode.split() == ["640", "acquired"]
+    # the operator's view, with the socket found from /etc/acquired/acquired.toml
+    status = _as_operator(ct, "cd ~ && acquirectl status")
+    assert status.returncode == 0, status
+    assert re.search(r"^small\s+done\s+1/1\s", status.stdout, re.M), status.stdout
+    top = _as_operator(ct, "cd ~ && acquirectl top")
+    assert top.returncode == 0, top
+    pid = ct.prop(UNIT, "MainPID")
+    assert top.stdout.startswith(f"acquired 0.1.0 · pid {pid} · up "), top.stdout
+    assert "0 active · 0 B/s · 1 done · 0 failed" in top.stdout
 
 
 def test_journal_has_structured_lines(ct: Container) -> None:
