@@ -102,8 +102,23 @@ def test_digest_mismatch_extracts_nothing(tmp_path: Path) -> None:
             archive, job_root=tmp_path, digests={"sha256": "0" * 64}, steps=[UnpackStep(into="out")]
         )
     assert info.value.details["expected"] == "0" * 64
-    assert not (tmp_path / "out").exists()
+    # Extraction ran into staging while the digest was computed; nothing was placed and
+    # the staging folder is gone.
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert not any("staging" in p.name for p in tmp_path.rglob("*"))
     assert archive.exists()
+
+
+def test_damaged_download_reports_the_digest_not_the_damage(tmp_path: Path) -> None:
+    archive = A.make_tar(tmp_path / "d.tar.gz", A.sample_tree(30, 1000, 9000), "gz")
+    digest = sha256(archive)
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DigestMismatch):
+        process_file(
+            archive, job_root=tmp_path, digests={"sha256": digest}, steps=[UnpackStep(into="o")]
+        )
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
 
 
 def test_completed_file_in_a_watched_folder(tmp_path: Path) -> None:

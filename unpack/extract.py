@@ -432,6 +432,7 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
     delete_archive: bool = False,
     cancel: threading.Event | None = None,
     meta_dir: Path | None = None,
+    before_place: Callable[[], object] | None = None,
 ) -> ExtractResult:
     """Extract ``archive`` into ``target`` safely, atomically and resumably.
 
@@ -443,7 +444,10 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
     marker; without it the archive's size and mtime stand in. ``progress(done, total)``:
     bytes of the archive processed. ``cancel``: set it to stop (raises
     :class:`ExtractCancelled`; the step starts over next time). ``meta_dir``: where the
-    marker and staging live (default :func:`default_meta_dir`).
+    marker and staging live (default :func:`default_meta_dir`). ``before_place``: called
+    once the staging folder is complete and before anything is placed; if it raises, the
+    staging folder is removed and the error propagates (the pipeline verifies the
+    archive's digest concurrently and gates placement on it).
 
     Raises the :mod:`acquired.unpack.errors` classes; on any error nothing is left in
     ``target`` (the staging folder is removed).
@@ -502,6 +506,8 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
                     nested=nested,
                     cancel=cancel,
                 )
+                if before_place is not None:
+                    before_place()
                 # Steps of other archives may be placing into the same target right now
                 # (two files of a job, both into "."): one placement at a time.
                 with _flock(paths.placement, fcntl.LOCK_EX):

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import ArchiveMissing, PathTraversal
+from .errors import ArchiveMissing, PathTraversal, UnpackError
 from .extract import ExtractResult, extract
 from .layout import (
     ExpectedCounts,
@@ -159,44 +160,69 @@ def process_file(
     """Verify a completed file and run its unpack steps.
 
     ``verified``: the source already checked ``digests`` (the HTTP engine does), so the
-    file is not read again. A mismatch raises :class:`DigestMismatch` and nothing is
-    extracted. The archive is deleted after the *last* step if any step asks for it.
+    file is not read again. Otherwise the digests are checked while the first step
+    extracts into its staging folder, and nothing is placed until they match: a
+    mismatch raises :class:`DigestMismatch` and nothing is extracted into the target.
+    The archive is deleted after the *last* step if any step asks for it.
     If the archive is gone but every step's marker says done (a restart after the
     deletion), this returns those results without reading anything.
     """
     expected = {a.lower(): v.lower() for a, v in digests.items()}
-    archive_gone = not path.exists()
-    if archive_gone or verified:
-        actual = dict(expected)
-    else:
-        actual = verify(path, expected, _labelled(progress, "verify"), cancel=cancel)
-    ident = identity(expected) or identity(actual)
+    ident = identity(expected)
     delete = any(s.delete_archive for s in steps)
-    results: list[ExtractResult] = []
-    for index, step in enumerate(steps):
-        target = inside(job_root, step.into)
-        label = f"extract {step.into}" if len(steps) > 1 else "extract"
-        try:
-            results.append(
-                extract(
-                    path,
-                    target,
-                    step.format,
-                    step.limits,
-                    workers,
-                    _labelled(progress, label),
-                    nested=step.nested,
-                    digest=ident,
-                    delete_archive=delete and index == len(steps) - 1,
-                    cancel=cancel,
-                    meta_dir=meta_dir,
-                )
+    check: Future[dict[str, str]] | None = None
+    pool: ThreadPoolExecutor | None = None
+    if not verified and path.exists():
+        if not steps or not expected:
+            actual = verify(path, expected, _labelled(progress, "verify"), cancel=cancel)
+            ident = ident or identity(actual)
+        else:
+            # Verify while extracting into staging; nothing is placed until the digest
+            # is known good (one read of the archive hidden behind the other).
+            pool = ThreadPoolExecutor(1, thread_name_prefix="verify")
+            check = pool.submit(
+                verify, path, expected, _labelled(progress, "verify"), cancel=cancel
             )
-        except ArchiveMissing:
-            raise ArchiveMissing(
-                f"{path.name} is gone and its step into {step.into!r} never finished",
-                path=str(path),
-            ) from None
+    results: list[ExtractResult] = []
+    try:
+        for index, step in enumerate(steps):
+            target = inside(job_root, step.into)
+            label = f"extract {step.into}" if len(steps) > 1 else "extract"
+            try:
+                results.append(
+                    extract(
+                        path,
+                        target,
+                        step.format,
+                        step.limits,
+                        workers,
+                        _labelled(progress, label),
+                        nested=step.nested,
+                        digest=ident,
+                        delete_archive=delete and index == len(steps) - 1,
+                        cancel=cancel,
+                        meta_dir=meta_dir,
+                        before_place=check.result if check is not None else None,
+                    )
+                )
+            except ArchiveMissing:
+                raise ArchiveMissing(
+                    f"{path.name} is gone and its step into {step.into!r} never finished",
+                    path=str(path),
+                ) from None
+            except UnpackError:
+                # A damaged download often fails to extract before its digest is known:
+                # the digest mismatch is the error that leads to a refetch.
+                if check is not None:
+                    check.result()
+                raise
+        if check is not None:
+            actual = check.result()
+        elif verified or not path.exists():
+            actual = dict(expected)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return FileOutcome(actual, tuple(results))
 
 
