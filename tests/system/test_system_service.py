@@ -138,6 +138,33 @@ def test_unit_installed_and_verified(ct: Container) -> None:
     ct.systemctl("enable", UNIT).check()
 
 
+def test_sandbox_allows_libtorrent_and_extraction(ct: Container) -> None:
+    """The unit as installed, with only ExecStart replaced by a probe: libtorrent and
+    acquired.unpack work under its hardening (MemoryDenyWriteExecute, the system call
+    filter, the address families, PrivateUsers ...)."""
+    venv = str(ct.binds[0])
+    dropin = "/etc/systemd/system/acquired.service.d/test-probe.conf"
+    ct.put(
+        "[Service]\nExecStart=\n"
+        f"ExecStart={venv}/bin/python {REPO}/tests/system/sandbox_probe.py\nRestart=no\n",
+        dropin,
+    )
+    ct.systemctl("daemon-reload").check()
+    try:
+        started = ct.systemctl("start", UNIT, timeout=120)
+        out = ct.run(["journalctl", "-u", UNIT, "-o", "cat", "--no-pager"]).stdout
+        probe = [line for line in out.splitlines() if line.startswith("probe:")]
+        assert started.returncode == 0, out[-3000:]
+        ct.wait("the probe to exit", lambda: ct.prop(UNIT, "ActiveState") == "inactive", 60)
+        assert ct.prop(UNIT, "Result") == "success", out[-3000:]
+        assert any(line.startswith("probe: libtorrent ok") for line in probe), out[-3000:]
+        assert any(line.startswith("probe: extract ok") for line in probe), out[-3000:]
+    finally:
+        ct.run(["rm", "-f", dropin]).check()
+        ct.systemctl("daemon-reload").check()
+        ct.systemctl("reset-failed", UNIT)
+
+
 def test_start_becomes_active_only_after_ready(ct: Container) -> None:
     ct.systemctl("start", "--no-block", UNIT).check()
     seen: list[str] = []
