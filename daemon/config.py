@@ -215,6 +215,9 @@ class TorrentSettings(_Strict):
     seed_ratio: Float = Field(default=1.0, ge=0)
     seed_time: Float = Field(default=0.0, ge=0)
     connections_limit: Int = Field(default=200, ge=1, le=65535)
+    probe_window: Float = Field(default=10.0, ge=0)
+    """Seconds a swarm is watched before the daemon chooses between it and the mirrors
+    of a file that has both."""
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for ``acquired.sources.torrent.TorrentSettings``.

@@ -19,9 +19,12 @@ from acquired.daemon.control import ControlServer
 from acquired.daemon.errors import describe
 from acquired.daemon.inbox import InboxWatcher
 from acquired.daemon.logs import setup_logging
+from acquired.daemon.messages import InboxFile, Reload, TorrentEvent
 from acquired.daemon.notify import Notifier
-from acquired.daemon.service import VERSION, InboxFile, Reload, Service
+from acquired.daemon.service import VERSION, Service
 from acquired.daemon.store import Store
+from acquired.daemon.torrents import engine_settings
+from acquired.sources.torrent import TorrentEngine
 
 LOG = logging.getLogger("acquired")
 
@@ -62,6 +65,20 @@ def main(argv: list[str] | None = None) -> int:
         LOG.error("%s (%s)", info.message, info.hint, extra={"code": info.code})
         return 1
     service = Service(config, store, notifier=notifier)
+    try:
+        engine = TorrentEngine(
+            engine_settings(config),
+            config.state_dir / "torrent",
+            lambda event: service.post(TorrentEvent(event)),
+        )
+        engine.start()
+    except Exception as exc:
+        # HTTP sources still work; torrent-only files fail with this reason.
+        info = describe(exc)
+        LOG.error("torrent engine not started: %s", info.message, extra={"code": info.code})
+        service.attach_torrents(None, f"the torrent engine did not start: {info.message}")
+    else:
+        service.attach_torrents(engine)
     try:
         control = ControlServer(config.socket_path, service.call)
     except Exception as exc:

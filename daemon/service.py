@@ -1,12 +1,20 @@
 """The state thread: it owns the store and every job and file state.
 
-Everything else — the inbox watcher, transfer threads, the control server — talks to it
-by posting messages on its queue. Decisions that need no I/O live in pure functions
-(``states``, ``plan_start``, ``retry_delay``) so tests call them directly.
+Everything else — the inbox watcher, transfer threads, the torrent alert pump, unpack
+workers, the control server — talks to it by posting messages on its queue
+(``acquired.daemon.messages``). Decisions that need no I/O are pure functions
+(``states``, ``plan_start``, ``retry_delay``, ``order_mirrors``, and the source choice in
+``acquired.sources.choice``) so tests call them directly.
+
+A file's way through the daemon: queued → (choosing its source) → fetching from HTTP
+mirrors or a torrent → unpacking (its ``unpack`` steps) → done. Files of one job that come
+from the same torrent are fetched as one torrent request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -15,7 +23,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,17 +36,45 @@ from acquired.daemon.manifest import (
     parse_manifest,
     resolve_under,
 )
-from acquired.daemon.notify import Notifier, format_status
-from acquired.daemon.states import (
-    FileState,
-    after_command,
-    job_is_active,
-    job_state,
+from acquired.daemon.messages import (
+    Active,
+    InboxFile,
+    Message,
+    Reload,
+    Reply,
+    Request,
+    SourceChosen,
+    SourceEvent,
+    StepProgress,
+    Stop,
+    TorrentAdded,
+    TorrentEvent,
+    TransferEnded,
 )
+from acquired.daemon.notify import Notifier, format_status
+from acquired.daemon.states import FileState, after_command, job_is_active, job_state
 from acquired.daemon.store import FileRow, NewFile, Store
+from acquired.daemon.torrents import (
+    peer_hints,
+    probe_and_choose,
+    same_torrent,
+    torrent_key,
+    torrent_source,
+)
+from acquired.daemon.units import format_bytes
+from acquired.sources.choice import (
+    Decision,
+    MirrorEvidence,
+    RunningState,
+    SwarmEvidence,
+    reevaluate,
+)
 from acquired.sources.http import FileRequest, HttpDownload, HttpOptions
 from acquired.sources.http import events as http_events
 from acquired.sources.http.ratelimit import RateLimiter
+from acquired.sources.torrent import TorrentEngine, TorrentRequest
+from acquired.sources.torrent import events as tev
+from acquired.unpack import Limits, UnpackStep, process_file
 
 LOG = logging.getLogger("acquired.service")
 VERSION = "0.1.0"
@@ -68,66 +103,16 @@ class UnknownCommand(DaemonError):
 class NoUsableSource(DaemonError):
     code = "source.none_usable"
     hint = (
-        "Torrent sources are not supported by this version yet; add an HTTP mirror "
-        "(sources.mirrors) to the file."
+        "The file's only source is a torrent and the torrent engine is not running "
+        "(see the daemon's log and `acquirectl doctor`); add an HTTP mirror or fix the engine."
     )
 
 
-# -- messages -----------------------------------------------------------------------------
+class StoppedByDaemon(DaemonError):
+    """A transfer the daemon itself stopped (pause, cancel, disk, shutdown)."""
 
-
-class Reply:
-    """A slot the state thread fills for a waiting control-server thread."""
-
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self._value: dict[str, Any] = {}
-
-    def set(self, value: dict[str, Any]) -> None:
-        self._value = value
-        self._done.set()
-
-    def wait(self, timeout: float) -> dict[str, Any] | None:
-        return self._value if self._done.wait(timeout) else None
-
-
-@dataclass(frozen=True)
-class Request:
-    payload: dict[str, Any]
-    reply: Reply
-
-
-@dataclass(frozen=True)
-class InboxFile:
-    path: Path
-
-
-@dataclass(frozen=True)
-class SourceEvent:
-    file_id: int
-    token: int
-    event: object
-
-
-@dataclass(frozen=True)
-class TransferEnded:
-    file_id: int
-    token: int
-    result: object | None
-    error: BaseException | None
-
-
-@dataclass(frozen=True)
-class Reload:
-    config: Config
-
-
-@dataclass(frozen=True)
-class Stop:
-    pass
-
-
-Message = Request | InboxFile | SourceEvent | TransferEnded | Reload | Stop
+    code = "transfer.stopped"
+    hint = "Nothing to do: the daemon stopped this transfer on purpose."
 
 
 # -- pure decisions -------------------------------------------------------------------------
@@ -155,8 +140,8 @@ def plan_start(size: int | None, bytes_done: int, committed: int, disk: DiskView
 def _disk_reason(need: int | None, disk: DiskView) -> str:
     have = max(disk.free - disk.reserve, 0)
     if need is None:
-        return f"{DISK_WAIT}: free {fmt_bytes(disk.free)} is below the reserve"
-    return f"{DISK_WAIT}: need {fmt_bytes(need)}, free {fmt_bytes(have)} above the reserve"
+        return f"{DISK_WAIT}: free {format_bytes(disk.free)} is below the reserve"
+    return f"{DISK_WAIT}: need {format_bytes(need)}, free {format_bytes(have)} above the reserve"
 
 
 def retry_delay(attempt: int, *, base: float = 5.0, cap: float = 600.0) -> float:
@@ -166,39 +151,22 @@ def retry_delay(attempt: int, *, base: float = 5.0, cap: float = 600.0) -> float
 
 def order_mirrors(mirrors: list[str], avoid: str | None) -> list[str]:
     """Put the mirror that served bad data last, keeping the manifest order otherwise."""
-    if avoid not in mirrors:
+    if not avoid or avoid not in mirrors:
         return list(mirrors)
-    return [m for m in mirrors if m != avoid] + [avoid] if avoid else list(mirrors)
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return [m for m in mirrors if m != avoid] + [avoid]
 
 
 # -- the service --------------------------------------------------------------------------
 
 
-@dataclass
-class Active:
-    """A transfer or step in flight, as the state thread sees it."""
+class _StepHandle:
+    """Lets the state thread stop an unpack step between entries."""
 
-    file_id: int
-    job_id: str
-    path: str
-    token: int
-    size: int | None
-    handle: HttpDownload | None
-    thread: threading.Thread
-    source: str
-    bytes_done: int = 0
-    rate: float = 0.0
-    detail: str = ""
-    stop_reason: str | None = None  # why we asked it to stop: pause, cancel, disk, shutdown
-    started: float = field(default_factory=time.monotonic)
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def cancel(self) -> None:
+        self.event.set()
 
 
 class Service:
@@ -230,6 +198,18 @@ class Service:
         # One bucket for all transfers, one per job that sets its own limit.
         self.limiter = RateLimiter(config.bandwidth_limit or None)
         self._job_limiters: dict[str, RateLimiter] = {}
+        # The torrent engine, once attached; torrent key -> files it fetches; torrents
+        # seeding after their files are done (key -> what status shows of them).
+        self.torrents: TorrentEngine | None = None
+        self.torrents_down: str | None = "the torrent engine was not started"
+        self._groups: dict[str, list[int]] = {}
+        self._seeding: dict[str, dict[str, Any]] = {}
+        self._dht_nodes: int | None = None
+
+    def attach_torrents(self, engine: TorrentEngine | None, why_not: str | None = None) -> None:
+        """Use ``engine`` for torrent sources (None: torrents are unavailable, ``why_not``)."""
+        self.torrents = engine
+        self.torrents_down = why_not if engine is None else None
 
     # -- threads other than the state thread call only these ---------------------------
 
@@ -260,35 +240,38 @@ class Service:
         while True:
             self.notifier.watchdog()
             try:
-                message = self.queue.get(timeout=TICK)
+                message: Message | None = self.queue.get(timeout=TICK)
             except queue.Empty:
                 message = None
-            if isinstance(message, Stop):
-                break
-            if message is not None:
+            # Handle everything that is waiting before scheduling: progress events come
+            # in bursts and need no scheduling decision each.
+            while message is not None:
+                if isinstance(message, Stop):
+                    self._shutdown()
+                    return
                 self._handle(message)
-                # Drain what else is waiting before scheduling: progress events come in
-                # bursts and need no scheduling decision each.
-                while not self._stopping:
-                    try:
-                        nxt = self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(nxt, Stop):
-                        self._shutdown()
-                        return
-                    self._handle(nxt)
+                try:
+                    message = self.queue.get_nowait()
+                except queue.Empty:
+                    message = None
             self._check_disk()
             self._schedule()
             self._publish_status()
-        self._shutdown()
 
     def _handle(self, message: Message) -> None:
         try:
             if isinstance(message, SourceEvent):
                 self._on_source_event(message)
+            elif isinstance(message, TorrentEvent):
+                self._on_torrent_event(message.event)
             elif isinstance(message, TransferEnded):
                 self._on_transfer_ended(message)
+            elif isinstance(message, StepProgress):
+                self._on_step_progress(message)
+            elif isinstance(message, SourceChosen):
+                self._on_source_chosen(message)
+            elif isinstance(message, TorrentAdded):
+                self._on_torrent_added(message)
             elif isinstance(message, InboxFile):
                 self._on_inbox_file(message.path)
             elif isinstance(message, Request):
@@ -311,7 +294,8 @@ class Service:
                 act.handle.cancel()
         deadline = time.monotonic() + 10
         for act in list(self.active.values()):
-            act.thread.join(max(deadline - time.monotonic(), 0.1))
+            if act.thread is not None and act.thread is not threading.current_thread():
+                act.thread.join(max(deadline - time.monotonic(), 0.1))
         # Record the last checkpoints the transfers emitted while stopping.
         while True:
             try:
@@ -320,6 +304,10 @@ class Service:
                 break
             if isinstance(message, SourceEvent):
                 self._on_source_event(message)
+        if self.torrents is not None:
+            # Saving every torrent's resume data can take a while: tell systemd.
+            self.notifier.extend_timeout(30_000_000)
+            self.torrents.stop(timeout=20)
         LOG.info("stopped; %d transfer(s) will resume at the next start", len(self.active))
 
     # -- intake ------------------------------------------------------------------------------
@@ -335,8 +323,7 @@ class Service:
         try:
             result = self.intake(data, path.name, replace=False)
         except Exception as exc:
-            info = describe(exc)
-            self._reject(path, info)
+            self._reject(path, describe(exc))
             return
         LOG.info("%s: %s", path.name, result["message"], extra={"job": result["job"]})
         path.unlink(missing_ok=True)
@@ -344,9 +331,8 @@ class Service:
     def _reject(self, path: Path, info: ErrorInfo) -> None:
         rejected = self.config.inbox / "rejected"
         rejected.mkdir(parents=True, exist_ok=True)
-        target = rejected / path.name
         try:
-            os.replace(path, target)
+            os.replace(path, rejected / path.name)
         except OSError as exc:
             LOG.error("cannot move rejected manifest %s: %s", path, exc)
             return
@@ -401,7 +387,7 @@ class Service:
             manifest=manifest.model_dump(mode="json"),
             manifest_digest=digest,
             manifest_path=str(saved),
-            destination=str(dest.relative_to(root.resolve()) if dest.is_absolute() else dest),
+            destination=str(dest.relative_to(root.resolve())),
             warnings=warnings,
             files=files,
         )
@@ -419,7 +405,8 @@ class Service:
         for act in [a for a in self.active.values() if a.job_id == job_id]:
             self._stop_active(act, "cancel")
             # The transfer must be off the file before a new job writes to the same path.
-            act.thread.join(15)
+            if act.thread is not None:
+                act.thread.join(15)
             self.active.pop(act.file_id, None)
         rows: dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]] = {}
         offset = 0
@@ -430,7 +417,7 @@ class Service:
         self.store.delete_job(job_id)
         return rows
 
-    # -- scheduling --------------------------------------------------------------------------
+    # -- disk guard and scheduling -----------------------------------------------------------
 
     def _check_disk(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -448,11 +435,11 @@ class Service:
         resume_at = self._disk.reserve + max(total // 100, 1 << 20)
         if free < self._disk.reserve:
             for act in list(self.active.values()):
-                if act.stop_reason is None and act.handle is not None:
+                if act.stop_reason is None and act.kind in ("http", "torrent"):
                     self._event(
                         "warning",
-                        f"pausing: free space {fmt_bytes(free)} is below the reserve"
-                        f" {fmt_bytes(self._disk.reserve)}",
+                        f"pausing: free space {format_bytes(free)} is below the reserve"
+                        f" {format_bytes(self._disk.reserve)}",
                         job_id=act.job_id,
                         file_id=act.file_id,
                     )
@@ -461,9 +448,7 @@ class Service:
             for row in self.store.files_in_state(FileState.PAUSED):
                 if row.reason and row.reason.startswith(DISK_WAIT):
                     self.store.set_state(row.id, FileState.QUEUED, reason="space is back")
-                    self._event(
-                        "info", "space is back; resuming", job_id=row.job_id, file_id=row.id
-                    )
+                    self._event("info", "space is back; resuming", job_id=row.job_id, row=row)
 
     def _committed(self) -> int:
         return sum(max((a.size or 0) - a.bytes_done, 0) for a in self.active.values())
@@ -480,42 +465,77 @@ class Service:
         for row in rows:
             if slots <= 0:
                 break
+            if row.id in self.active:
+                continue  # started just now with another file of its torrent
             wait = plan_start(row.size, row.bytes_done, self._committed(), self._disk)
             if wait is not None:
                 if row.reason != wait:
                     self.store.set_reason(row.id, wait)
-                    self._event("info", wait, job_id=row.job_id, file_id=row.id, path=row.path)
+                    self._event("info", wait, job_id=row.job_id, row=row)
                 continue
             self._start(row)
             slots -= 1
 
     def _start(self, row: FileRow) -> None:
+        """Start a queued file the way its sources and its plan say."""
         job = self.store.get_job(row.job_id)
         if job is None:
             return
         spec = FileSpec.model_validate(row.spec)
+        if row.digests is not None:
+            # Fetched and verified before a stop: only what follows the fetch is left.
+            if spec.unpack:
+                self._start_steps(row, spec, verified=True)
+                return
+            if self._target(row).exists():
+                self.store.set_state(row.id, FileState.DONE)
+                return
+            self.store.set_state(row.id, FileState.QUEUED, digests={}, reason="file vanished")
+            row = self.store.get_file(row.id)
         mirrors = list(spec.sources.mirrors)
-        if not mirrors:
-            self._fail(row, describe(NoUsableSource(f"{row.path}: no HTTP mirror to fetch from")))
+        tspec = spec.sources.torrent if self.torrents is not None else None
+        if tspec is None and not mirrors:
+            why = self.torrents_down or "no source"
+            self._fail(row, describe(NoUsableSource(f"{row.path}: {why}")))
             return
-        if spec.sources.torrent is not None and row.attempts == 0:
-            self._event(
-                "info",
-                "torrent source not yet supported; using the HTTP mirrors",
-                job_id=row.job_id,
-                file_id=row.id,
-            )
+        planned = (row.plan or {}).get("source")
+        if tspec is None:
+            kind = "http"
+        elif not mirrors:
+            kind = "torrent"
+        elif planned in ("http", "torrent", "both"):
+            kind = planned
+        else:
+            self._start_choosing(row, spec, mirrors)
+            return
+        if kind == "http":
+            self._start_http(row, spec, Manifest.model_validate(job.manifest), mirrors)
+        else:
+            self._start_torrent(row, spec, web_seeds=mirrors if kind == "both" else [])
+
+    def _target(self, row: FileRow) -> Path:
+        job = self.store.get_job(row.job_id)
+        destination = job.destination if job is not None else row.job_id
+        return self.config.data_root / destination / row.path
+
+    def _next_token(self) -> int:
+        self._tokens += 1
+        return self._tokens
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def _start_http(
+        self, row: FileRow, spec: FileSpec, manifest: Manifest, mirrors: list[str]
+    ) -> None:
         avoid = (row.error or {}).get("details", {}).get("url") if row.error else None
-        manifest = Manifest.model_validate(job.manifest)
-        target = self.config.data_root / job.destination / row.path
+        target = self._target(row)
         target.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint = self.store.load_checkpoint(row.id)
         request = FileRequest(
             urls=order_mirrors(mirrors, avoid),
             dest=target,
             size=spec.size,
             digests=spec.digests,
-            resume=checkpoint,
+            resume=self.store.load_checkpoint(row.id),
         )
         http = self.config.http
         options = HttpOptions(
@@ -529,13 +549,13 @@ class Service:
             checkpoint_interval=http.checkpoint_interval,
             limiters=self._limiters(row.job_id, manifest.bandwidth_limit),
         )
-        self._tokens += 1
-        token = self._tokens
-        download = HttpDownload(
-            request,
-            options,
-            lambda ev, fid=row.id, tok=token: self.post(SourceEvent(fid, tok, ev)),
-        )
+        token = self._next_token()
+        file_id = row.id
+
+        def on_event(event: object) -> None:
+            self.post(SourceEvent(file_id, token, event))
+
+        download = HttpDownload(request, options, on_event)
         thread = threading.Thread(
             target=self._run_transfer,
             args=(download, row.id, token),
@@ -549,15 +569,13 @@ class Service:
             path=row.path,
             token=token,
             size=row.size,
-            handle=download,
             thread=thread,
             source=source,
+            handle=download,
             bytes_done=row.bytes_done,
         )
         self.store.set_state(row.id, FileState.FETCHING, attempts=row.attempts + 1, source="http")
-        self._event(
-            "info", f"fetching from {source}", job_id=row.job_id, file_id=row.id, path=row.path
-        )
+        self._event("info", f"fetching from {source}", job_id=row.job_id, row=row)
         thread.start()
 
     def _limiters(self, job_id: str, job_limit: int | None) -> tuple[RateLimiter, ...]:
@@ -578,25 +596,23 @@ class Service:
         else:
             self.post(TransferEnded(file_id, token, result, None))
 
-    def _stop_active(self, act: Active, reason: str) -> None:
-        act.stop_reason = reason
-        if act.handle is not None:
-            act.handle.cancel()
-
-    # -- source events -------------------------------------------------------------------------
-
     def _on_source_event(self, message: SourceEvent) -> None:
         act = self.active.get(message.file_id)
-        if act is None or act.token != message.token:
-            if isinstance(message.event, http_events.Checkpoint):
-                # A stopped transfer's last word still counts: it proves data on disk.
-                self.store.save_checkpoint(message.file_id, message.event.state, 0)
-            return
         ev = message.event
+        if act is None or act.token != message.token:
+            if isinstance(ev, http_events.Checkpoint):
+                # A stopped transfer's last word still counts: it proves data on disk.
+                with contextlib.suppress(KeyError):
+                    done = self.store.get_file(message.file_id).bytes_done
+                    self.store.save_checkpoint(message.file_id, ev.state, done)
+            return
         if isinstance(ev, http_events.Progress):
             act.bytes_done = ev.done
             act.rate = ev.rate
-            act.detail = f"{ev.connections} conn"
+            used = [m for m in ev.mirrors if m.connections]
+            act.detail = f"{ev.connections} conn" + (
+                f", {len(used)} mirrors" if len(used) > 1 else ""
+            )
         elif isinstance(ev, http_events.Checkpoint):
             self.store.save_checkpoint(act.file_id, ev.state, act.bytes_done)
         elif isinstance(ev, http_events.Retrying):
@@ -620,47 +636,415 @@ class Service:
                 "warning", f"starting over: {ev.reason}", job_id=act.job_id, file_id=act.file_id
             )
 
+    # -- choosing between a swarm and mirrors ------------------------------------------------
+
+    def _start_choosing(self, row: FileRow, spec: FileSpec, mirrors: list[str]) -> None:
+        engine, tspec = self.torrents, spec.sources.torrent
+        assert engine is not None and tspec is not None
+        token = self._next_token()
+        window = self.config.torrent.probe_window
+
+        def work() -> None:
+            try:
+                decision = probe_and_choose(
+                    engine, tspec, mirrors, window=window, single_file=tspec.file is None
+                )
+            except Exception as exc:
+                decision = Decision("http", f"probing failed ({describe(exc).message}); chose http")
+            self.post(SourceChosen(row.id, token, decision))
+
+        thread = threading.Thread(target=work, name=f"choose-{row.job_id}-{row.idx}", daemon=True)
+        self.active[row.id] = Active(
+            file_id=row.id,
+            job_id=row.job_id,
+            path=row.path,
+            token=token,
+            size=row.size,
+            thread=thread,
+            source="choosing",
+            kind="choosing",
+            detail=f"watching the swarm for {window:.0f}s, measuring mirrors",
+            bytes_done=row.bytes_done,
+        )
+        self.store.set_state(row.id, FileState.FETCHING, source="choosing")
+        thread.start()
+
+    def _on_source_chosen(self, message: SourceChosen) -> None:
+        act = self.active.get(message.file_id)
+        if act is None or act.token != message.token:
+            return
+        del self.active[message.file_id]
+        row = self.store.get_file(message.file_id)
+        if act.stop_reason is not None:
+            self._stopped(row, act.stop_reason)
+            return
+        decision: Decision = message.decision
+        self.store.set_plan(row.id, {"source": decision.source, "reason": decision.reason})
+        self._event("info", f"source: {decision.reason}", job_id=row.job_id, row=row)
+        self._start(self.store.get_file(row.id))
+
+    # -- torrents --------------------------------------------------------------------------------
+
+    def _start_torrent(self, row: FileRow, spec: FileSpec, web_seeds: list[str]) -> None:
+        """Fetch ``row`` and every queued file of its job from the same torrent, as one
+        torrent request."""
+        engine, tspec = self.torrents, spec.sources.torrent
+        assert engine is not None and tspec is not None
+        key = torrent_key(row.job_id, tspec)
+        if key in self._groups:
+            return  # its torrent is already running for other files; it waits for them
+        rows = [row]
+        for other in self.store.files_in_state(FileState.QUEUED, job_id=row.job_id):
+            ospec = FileSpec.model_validate(other.spec).sources.torrent
+            free = other.id != row.id and other.id not in self.active
+            if free and ospec is not None and same_torrent(ospec, tspec):
+                rows.append(other)
+        files: dict[str, Path] = {}
+        digests: dict[str, dict[str, str]] = {}
+        inner_of: dict[int, str] = {}
+        for r in rows:
+            s = FileSpec.model_validate(r.spec)
+            inner = (s.sources.torrent.file if s.sources.torrent else None) or s.path
+            inner_of[r.id] = inner
+            files[inner] = self._target(r)
+            files[inner].parent.mkdir(parents=True, exist_ok=True)
+            if s.digests:
+                digests[inner] = s.digests
+        single = len(rows) == 1 and tspec.file is None
+        request = TorrentRequest(
+            key=key,
+            source=torrent_source(tspec),
+            save_dir=self._target(row).parent,
+            files=files,
+            web_seeds=tuple(web_seeds) if single else (),
+            peers=peer_hints(tspec),
+            digests=digests,
+        )
+        token = self._next_token()
+        label = "torrent+web seed" if request.web_seeds else "torrent"
+
+        def work() -> None:
+            try:
+                in_session = engine.keys()
+                if key in in_session:
+                    engine.resume(key)  # paused earlier: the session still has it
+                else:
+                    engine.add(request)
+            except Exception as exc:
+                for r in rows:
+                    self.post(TransferEnded(r.id, token, None, exc))
+            else:
+                self.post(TorrentAdded(key, token))
+
+        thread = threading.Thread(target=work, name=f"torrent-add-{key}", daemon=True)
+        for r in rows:
+            self.active[r.id] = Active(
+                file_id=r.id,
+                job_id=r.job_id,
+                path=r.path,
+                token=token,
+                size=r.size,
+                thread=thread,
+                source=label,
+                kind="torrent",
+                torrent_key=key,
+                inner=inner_of[r.id],
+                bytes_done=r.bytes_done,
+                detail="starting",
+            )
+            self.store.set_state(
+                r.id, FileState.FETCHING, attempts=r.attempts + 1, source="torrent"
+            )
+        self._groups[key] = [r.id for r in rows]
+        self._event("info", f"fetching from {label} ({len(rows)} file(s))", job_id=row.job_id)
+        thread.start()
+
+    def _on_torrent_added(self, message: TorrentAdded) -> None:
+        acts = [self.active[f] for f in self._groups.get(message.key, []) if f in self.active]
+        if acts and (acts[0].token != message.token or acts[0].stop_reason is None):
+            return  # running as asked, or a newer start owns the torrent now
+        # Stopped while the engine was still adding it: stop it there too.
+        if self.torrents is not None:
+            with contextlib.suppress(Exception):
+                self.torrents.pause(message.key)
+
+    def _stop_torrent(self, key: str, reason: str) -> None:
+        """Stop every file of a torrent: pause keeps it in the session, cancel removes it;
+        the data stays either way."""
+        fids = self._groups.pop(key, [])
+        if self.torrents is not None:
+            with contextlib.suppress(Exception):
+                if reason == "cancel":
+                    self.torrents.remove(key)
+                elif reason != "shutdown":
+                    self.torrents.pause(key)
+        for fid in fids:
+            act = self.active.get(fid)
+            if act is not None:
+                act.stop_reason = act.stop_reason or reason
+                self.post(
+                    TransferEnded(fid, act.token, None, StoppedByDaemon(f"stopped: {reason}"))
+                )
+
+    def _on_torrent_event(self, ev: object) -> None:
+        if isinstance(ev, tev.DhtStatus):
+            self._dht_nodes = ev.nodes
+            return
+        if isinstance(ev, tev.ListenFailed):
+            LOG.error(
+                "torrent: cannot listen on %s:%d/%s: %s%s — run `acquirectl doctor`",
+                ev.address,
+                ev.port,
+                ev.transport,
+                ev.error,
+                f" (held by {ev.holder})" if ev.holder else "",
+            )
+            return
+        key = getattr(ev, "key", None)
+        if key is None:
+            return
+        if key in self._seeding:
+            self._on_seeding_event(key, ev)
+            return
+        acts = [self.active[f] for f in self._groups.get(key, []) if f in self.active]
+        if not acts:
+            return
+        if isinstance(ev, tev.TorrentProgress):
+            sizes = [a.size or 0 for a in acts]
+            whole = sum(sizes)
+            for a, size in zip(acts, sizes, strict=True):
+                share = size / whole if whole else 1 / len(acts)
+                a.bytes_done = int(ev.done * share)
+                a.rate = ev.rate * share
+                a.detail = f"{ev.peers} peers, {ev.seeds} seeds"
+        elif isinstance(ev, tev.MetadataWaiting):
+            for a in acts:
+                a.detail = (
+                    f"waiting for metadata ({ev.elapsed:.0f}s, {ev.peers} peers,"
+                    f" {ev.dht_nodes} DHT nodes)"
+                )
+        elif isinstance(ev, tev.TorrentFinished):
+            del self._groups[key]
+            self._seeding[key] = {"job": acts[0].job_id, "ratio": 0.0, "peers": 0, "upload": 0.0}
+            for a in acts:
+                del self.active[a.file_id]
+                row = self.store.get_file(a.file_id)
+                digests = ev.digests.get(a.inner or "", {}) or None
+                self._fetched(row, digests, size=row.size or a.bytes_done)
+        elif isinstance(ev, tev.TorrentFailed):
+            info = describe(ev.error)
+            del self._groups[key]
+            if self.torrents is not None:
+                with contextlib.suppress(Exception):
+                    self.torrents.remove(key, delete_data=info.code == "verify.digest_mismatch")
+            for a in acts:
+                del self.active[a.file_id]
+                self._attempt_failed(self.store.get_file(a.file_id), info, "torrent")
+        elif isinstance(ev, tev.TorrentStalled):
+            self._maybe_leave_torrent(key, acts, ev)
+
+    def _maybe_leave_torrent(self, key: str, acts: list[Active], ev: tev.TorrentStalled) -> None:
+        """A torrent with no data for the stall window falls back to the mirrors."""
+        first = self.store.get_file(acts[0].file_id)
+        mirrors = FileSpec.model_validate(first.spec).sources.mirrors
+        decision = reevaluate(
+            RunningState(
+                current="torrent",
+                torrent_available=True,
+                mirrors=tuple(MirrorEvidence(url=m) for m in mirrors),
+                swarm=SwarmEvidence(seeds=ev.seeds, peers=ev.peers),
+                seconds_without_data=ev.seconds_without_data,
+                stall_window=self.config.torrent.stall_window,
+            )
+        )
+        if decision is None:
+            self._event(
+                "warning",
+                f"torrent: no data for {ev.seconds_without_data:.0f}s ({ev.peers} peers,"
+                f" {ev.seeds} seeds) and no mirror to fall back to; still waiting",
+                job_id=acts[0].job_id,
+            )
+            return
+        self._groups.pop(key, None)
+        if self.torrents is not None:
+            with contextlib.suppress(Exception):
+                self.torrents.remove(key)
+        for a in acts:
+            del self.active[a.file_id]
+            row = self.store.get_file(a.file_id)
+            self._switch(row, decision)
+
+    def _switch(self, row: FileRow, decision: Decision) -> None:
+        self.store.set_plan(row.id, {"source": decision.source, "reason": decision.reason})
+        self.store.set_state(row.id, FileState.QUEUED, reason=decision.reason)
+        self._event("warning", f"switching source: {decision.reason}", job_id=row.job_id, row=row)
+
+    def _on_seeding_event(self, key: str, ev: object) -> None:
+        info = self._seeding[key]
+        if isinstance(ev, tev.TorrentProgress):
+            info.update(ratio=ev.ratio, peers=ev.peers, upload=ev.upload_rate)
+        elif isinstance(ev, (tev.SeedingDone, tev.TorrentFailed)):
+            del self._seeding[key]
+            if self.torrents is not None:
+                with contextlib.suppress(Exception):
+                    self.torrents.remove(key)
+            self._event(
+                "info", f"stopped seeding {key} (ratio {info['ratio']:.2f})", job_id=info["job"]
+            )
+
+    # -- after the bytes: unpack steps ---------------------------------------------------------
+
+    def _fetched(self, row: FileRow, digests: dict[str, str] | None, *, size: int) -> None:
+        """A source delivered a verified file: run its unpack steps, or it is done."""
+        self.store.clear_checkpoint(row.id)
+        self.store.set_state(row.id, FileState.FETCHING, digests=digests or {}, bytes_done=size)
+        spec = FileSpec.model_validate(row.spec)
+        if spec.unpack:
+            self._start_steps(self.store.get_file(row.id), spec, verified=True)
+            return
+        self.store.set_state(row.id, FileState.DONE)
+        self._event("info", f"done ({format_bytes(size)}, verified)", job_id=row.job_id, row=row)
+
+    def _start_steps(self, row: FileRow, spec: FileSpec, *, verified: bool) -> None:
+        job = self.store.get_job(row.job_id)
+        assert job is not None
+        token = self._next_token()
+        handle = _StepHandle()
+        unpack = self.config.unpack
+        limits = Limits(
+            max_bytes=unpack.max_bytes, max_ratio=unpack.max_ratio, max_entries=unpack.max_entries
+        )
+        steps = [
+            UnpackStep(
+                format=s.format,
+                into=s.into,
+                nested=s.nested,
+                delete_archive=s.delete_archive or unpack.delete_archives,
+                limits=limits,
+            )
+            for s in spec.unpack
+        ]
+        path, job_root = self._target(row), self.config.data_root / job.destination
+
+        def progress(label: str, done: int, total: int) -> None:
+            self.post(StepProgress(row.id, token, label, done, total))
+
+        def work() -> None:
+            try:
+                outcome = process_file(
+                    path,
+                    job_root=job_root,
+                    digests=spec.digests,
+                    steps=steps,
+                    verified=verified,
+                    workers=unpack.workers or None,
+                    progress=progress,
+                    cancel=handle.event,
+                )
+            except BaseException as exc:
+                self.post(TransferEnded(row.id, token, None, exc))
+            else:
+                self.post(TransferEnded(row.id, token, outcome, None))
+
+        thread = threading.Thread(target=work, name=f"unpack-{row.job_id}-{row.idx}", daemon=True)
+        self.active[row.id] = Active(
+            file_id=row.id,
+            job_id=row.job_id,
+            path=row.path,
+            token=token,
+            size=None,
+            thread=thread,
+            source="unpack",
+            kind="unpack",
+            handle=handle,
+            step="unpack",
+        )
+        self.store.set_state(row.id, FileState.UNPACKING)
+        self._event("info", f"unpacking ({len(steps)} step(s))", job_id=row.job_id, row=row)
+        thread.start()
+
+    def _on_step_progress(self, message: StepProgress) -> None:
+        act = self.active.get(message.file_id)
+        if act is None or act.token != message.token:
+            return
+        act.step = message.label
+        act.bytes_done, act.size = message.done, message.total
+        pct = f" {100 * message.done / message.total:.0f}%" if message.total else ""
+        act.detail = f"{message.label}{pct}"
+
+    # -- the end of a transfer or step --------------------------------------------------------
+
     def _on_transfer_ended(self, message: TransferEnded) -> None:
         act = self.active.get(message.file_id)
         if act is None or act.token != message.token:
             return
         del self.active[message.file_id]
+        if act.torrent_key is not None:
+            group = self._groups.get(act.torrent_key)
+            if group is not None and message.file_id in group:
+                group.remove(message.file_id)
+                if not group:
+                    del self._groups[act.torrent_key]
         try:
             row = self.store.get_file(message.file_id)
         except KeyError:
             return  # its job was replaced or removed meanwhile
         if message.error is None:
-            digests = getattr(message.result, "digests", None)
-            size = getattr(message.result, "size", act.bytes_done)
-            self.store.clear_checkpoint(row.id)
-            self.store.set_state(row.id, FileState.DONE, digests=digests, bytes_done=size)
-            self._event(
-                "info", f"done ({fmt_bytes(size)}, verified)", job_id=row.job_id, file_id=row.id
-            )
+            if act.kind == "unpack":
+                self.store.set_state(row.id, FileState.DONE)
+                self._event("info", "done (unpacked)", job_id=row.job_id, row=row)
+            else:
+                digests = getattr(message.result, "digests", None)
+                size = int(getattr(message.result, "size", act.bytes_done))
+                self._fetched(row, digests, size=size)
             return
-        info = describe(message.error)
-        if act.stop_reason == "shutdown":
+        if act.stop_reason is not None:
+            self._stopped(row, act.stop_reason)
+            return
+        self._attempt_failed(row, describe(message.error), act.kind)
+
+    def _stopped(self, row: FileRow, reason: str) -> None:
+        if reason == "shutdown":
             return  # stays in flight in the store; the next start resumes it
-        if act.stop_reason == "pause":
+        if reason == "pause":
             self.store.set_state(row.id, FileState.PAUSED, reason="paused by user")
-            return
-        if act.stop_reason == "cancel":
+        elif reason == "cancel":
             self.store.set_state(row.id, FileState.CANCELLED, reason="cancelled by user")
+        elif reason == "disk":
+            self.store.set_state(row.id, FileState.PAUSED, reason=f"{DISK_WAIT}: below the reserve")
+            self._event("warning", f"paused: {DISK_WAIT}", job_id=row.job_id, row=row)
+
+    def _attempt_failed(self, row: FileRow, info: ErrorInfo, kind: str) -> None:
+        """What follows a failed attempt: pause for disk, switch source, retry, or fail."""
+        if info.code == "disk.full":
+            self.store.set_state(row.id, FileState.PAUSED, reason=f"{DISK_WAIT}: {info.message}")
+            self._event("warning", f"paused: {DISK_WAIT}", job_id=row.job_id, row=row)
             return
-        if act.stop_reason == "disk" or info.code == "disk.full":
-            reason = f"{DISK_WAIT}: {info.message}" if info.code == "disk.full" else None
-            self.store.set_state(
-                row.id, FileState.PAUSED, reason=reason or f"{DISK_WAIT}: below the reserve"
-            )
-            self._event(
-                "warning", f"paused: {DISK_WAIT}", job_id=row.job_id, file_id=row.id, path=row.path
-            )
-            return
-        if info.code == "verify.digest_mismatch":
+        mismatch = info.code == "verify.digest_mismatch"
+        if mismatch:
             self.store.clear_checkpoint(row.id)
-        if (
-            info.retryable or info.code == "verify.digest_mismatch"
-        ) and row.attempts < MAX_ATTEMPTS:
+        spec = FileSpec.model_validate(row.spec)
+        retry = (info.retryable or mismatch) and row.attempts < MAX_ATTEMPTS
+        # Switching counts as an attempt too, so two broken sources cannot take turns forever.
+        switchable = kind in ("torrent", "http") and row.attempts < MAX_ATTEMPTS
+        if switchable and self.torrents is not None and spec.sources.torrent:
+            decision = reevaluate(
+                RunningState(
+                    current="torrent" if kind == "torrent" else "http",
+                    torrent_available=True,
+                    mirrors=tuple(
+                        MirrorEvidence(url=m, ok=kind == "torrent") for m in spec.sources.mirrors
+                    ),
+                    torrent_error=info.message if kind == "torrent" else None,
+                    mirrors_failed=kind == "http" and not retry,
+                )
+            )
+            if decision is not None:
+                self._switch(row, decision)
+                return
+        if kind == "unpack":
+            retry = False  # an archive that cannot be extracted will not improve by waiting
+        if retry:
             delay = retry_delay(row.attempts)
             self.store.set_state(
                 row.id,
@@ -673,7 +1057,7 @@ class Service:
                 "warning",
                 f"{info.message}; retrying in {delay:.0f}s",
                 job_id=row.job_id,
-                file_id=row.id,
+                row=row,
                 code=info.code,
             )
             return
@@ -685,9 +1069,17 @@ class Service:
             "error",
             f"failed: {info.message} — {info.hint}",
             job_id=row.job_id,
-            file_id=row.id,
+            row=row,
             code=info.code,
         )
+
+    def _stop_active(self, act: Active, reason: str) -> None:
+        if act.torrent_key is not None and act.kind == "torrent":
+            self._stop_torrent(act.torrent_key, reason)
+            return
+        act.stop_reason = reason
+        if act.handle is not None:
+            act.handle.cancel()
 
     # -- control requests ---------------------------------------------------------------------
 
@@ -701,12 +1093,12 @@ class Service:
             if cmd == "add":
                 text = str(payload.get("text", "")).encode()
                 name = str(payload.get("name") or "manifest.toml")
-                return {
-                    "ok": True,
-                    "result": self.intake(text, name, replace=bool(payload.get("replace"))),
-                }
+                replace = bool(payload.get("replace"))
+                return {"ok": True, "result": self.intake(text, name, replace=replace)}
             if cmd in ("pause", "resume", "cancel", "retry"):
                 return {"ok": True, "result": self.command(cmd, str(payload.get("job", "")))}
+            if cmd == "doctor":
+                return {"ok": True, "result": self.doctor()}
             if cmd == "test-hang" and self._test_faults:
                 LOG.warning("test fault: the state thread stops responding")
                 while True:
@@ -726,16 +1118,31 @@ class Service:
             for row in self.store.files_in_state(state, job_id=job_id):
                 act = self.active.get(row.id)
                 if act is not None:
-                    # The transfer thread reports when it has stopped; its state is set then.
-                    self._stop_active(act, "pause" if cmd == "pause" else "cancel")
+                    # The transfer reports when it has stopped; its state is set then.
+                    if act.stop_reason is None:
+                        self._stop_active(act, "pause" if cmd == "pause" else "cancel")
                 else:
                     reason = {"pause": "paused by user", "cancel": "cancelled by user"}.get(cmd)
-                    self.store.set_state(
-                        row.id, new, reason=reason, attempts=0 if cmd == "retry" else None
-                    )
+                    attempts = 0 if cmd == "retry" else None
+                    self.store.set_state(row.id, new, reason=reason, attempts=attempts)
                 changed += 1
         self._event("info", f"{cmd}: {changed} file(s)", job_id=job_id)
         return {"job": job_id, "files": changed}
+
+    def doctor(self) -> dict[str, Any]:
+        """Findings about the torrent engine, for `acquirectl doctor`."""
+        if self.torrents is None:
+            finding = {
+                "severity": "error",
+                "title": "the torrent engine is not running",
+                "detail": self.torrents_down or "",
+                "fix": "See the daemon's log for why it did not start; check [torrent] settings.",
+            }
+            return {"findings": [finding], "session": None}
+        return {
+            "findings": [dataclasses.asdict(f) for f in self.torrents.doctor()],
+            "session": self.torrents.session_status(),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """The status snapshot described in docs/architecture.md."""
@@ -743,16 +1150,14 @@ class Service:
         for job in self.store.list_jobs():
             totals = self.store.job_totals(job.id)
             mine = [a for a in self.active.values() if a.job_id == job.id]
-            speed = sum(a.rate for a in mine)
-            done_bytes = (
-                totals.bytes_done
-                + sum(a.bytes_done for a in mine)
-                - sum(self._stored_done(a) for a in mine)
+            fetching = [a for a in mine if a.kind in ("http", "torrent")]
+            speed = sum(a.rate for a in fetching)
+            done_bytes = totals.bytes_done + sum(
+                a.bytes_done - self._stored_done(a) for a in fetching
             )
             remaining = (
                 (totals.bytes_total - done_bytes) if totals.bytes_total is not None else None
             )
-            reasons = self._job_reason(job.id, totals.counts)
             jobs.append(
                 {
                     "id": job.id,
@@ -764,25 +1169,10 @@ class Service:
                     "speed": speed,
                     "eta": remaining / speed if remaining is not None and speed > 0 else None,
                     "source": ", ".join(sorted({a.source for a in mine})) or None,
-                    "reason": reasons,
+                    "reason": self._job_reason(job.id, totals.counts),
                     "warnings": job.warnings,
                 }
             )
-        active = [
-            {
-                "job": a.job_id,
-                "file": a.path,
-                "state": "fetching",
-                "bytes_total": a.size,
-                "bytes_done": a.bytes_done,
-                "speed": a.rate,
-                "eta": (a.size - a.bytes_done) / a.rate if a.size and a.rate > 0 else None,
-                "source": a.source,
-                "detail": a.detail,
-                "step": None,
-            }
-            for a in self.active.values()
-        ]
         counts = self.store.state_counts()
         return {
             "daemon": {
@@ -792,7 +1182,7 @@ class Service:
                 "data_root": str(self.config.data_root),
                 "disk_free": self._disk.free,
                 "disk_reserve": self._disk.reserve,
-                "dht_nodes": None,
+                "dht_nodes": self._dht_nodes,
             },
             "counts": {
                 "active": len(self.active),
@@ -802,8 +1192,24 @@ class Service:
                 "paused": counts.get(FileState.PAUSED, 0),
             },
             "jobs": jobs,
-            "active": active,
+            "active": [self._active_view(a) for a in self.active.values()],
+            "seeding": [{"key": k, **v} for k, v in self._seeding.items()],
             "events": self.store.recent_events(limit=10),
+        }
+
+    def _active_view(self, a: Active) -> dict[str, Any]:
+        state = {"unpack": "unpacking", "verify": "verifying"}.get(a.kind, "fetching")
+        return {
+            "job": a.job_id,
+            "file": a.path,
+            "state": state,
+            "bytes_total": a.size,
+            "bytes_done": a.bytes_done,
+            "speed": a.rate,
+            "eta": (a.size - a.bytes_done) / a.rate if a.size and a.rate > 0 else None,
+            "source": a.source,
+            "detail": a.detail,
+            "step": a.step,
         }
 
     def _stored_done(self, act: Active) -> int:
@@ -814,12 +1220,11 @@ class Service:
 
     def _job_reason(self, job_id: str, counts: dict[str, int]) -> str | None:
         """The most useful one-line reason for a job that is not moving."""
-        if counts.get(FileState.FETCHING):
+        if counts.get(FileState.FETCHING) or counts.get(FileState.UNPACKING):
             return None
         for state in (FileState.QUEUED, FileState.PAUSED, FileState.FAILED):
             if counts.get(state):
-                rows = self.store.files_in_state(state, job_id=job_id)
-                for row in rows:
+                for row in self.store.files_in_state(state, job_id=job_id):
                     if row.reason:
                         return row.reason
         return None
@@ -841,6 +1246,8 @@ class Service:
                     "speed": act.rate if act else 0.0,
                     "attempts": row.attempts,
                     "source": act.source if act else row.source,
+                    "detail": act.detail if act else None,
+                    "plan": row.plan,
                     "reason": row.reason,
                     "error": row.error,
                     "digests": row.digests,
@@ -857,7 +1264,7 @@ class Service:
             "events": self.store.recent_events(limit=30, job_id=job_id),
         }
 
-    # -- status, config ------------------------------------------------------------------------
+    # -- status, config, events ----------------------------------------------------------------
 
     def _publish_status(self) -> None:
         now = time.monotonic()
@@ -876,6 +1283,8 @@ class Service:
                 setattr(new, name, getattr(old, name))
         self.config = new
         self.limiter.set_rate(new.bandwidth_limit or None)
+        if self.torrents is not None:
+            self.torrents.set_rate_limits(new.bandwidth_limit, 0)
         logging.getLogger("acquired").setLevel(new.log_level.upper())
         self._check_disk(force=True)
         self._event("info", "configuration reloaded")
@@ -887,13 +1296,15 @@ class Service:
         *,
         job_id: str | None = None,
         file_id: int | None = None,
+        row: FileRow | None = None,
         code: str | None = None,
-        path: str | None = None,
     ) -> None:
         """One line per state change and per error: in the log and in the store."""
-        if path is None and file_id is not None:
-            act = self.active.get(file_id)
-            path = act.path if act else None
+        path = None
+        if row is not None:
+            file_id, path = row.id, row.path
+        elif file_id is not None and (act := self.active.get(file_id)) is not None:
+            path = act.path
         extra = {"job": job_id, "file": path, "code": code}
         prefix = f"[{job_id}{'/' + path if path else ''}] " if job_id else ""
         LOG.log(logging.getLevelName(level.upper()), "%s%s", prefix, message, extra=extra)

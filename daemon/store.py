@@ -67,6 +67,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_by_job ON events (job_id, id);
     """,
+    # 2: the source chosen for a file ({"source": "torrent"|"http"|"both", "reason": ...}),
+    # kept so that a restart continues with the same source instead of probing again.
+    """
+    ALTER TABLE files ADD COLUMN plan TEXT;
+    """,
 )
 
 # Events kept per job (and for daemon-wide events): enough for `show` and the TUI.
@@ -119,6 +124,7 @@ class FileRow:
     not_before: float
     source: str | None
     digests: dict[str, str] | None
+    plan: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ class JobTotals:
 
 _FILE_COLUMNS = (
     "id, job_id, idx, path, size, spec, state, reason, error, bytes_done, attempts,"
-    " not_before, source, digests"
+    " not_before, source, digests, plan"
 )
 
 
@@ -151,6 +157,7 @@ def _file_row(r: tuple[Any, ...]) -> FileRow:
         not_before=r[11],
         source=r[12],
         digests=json.loads(r[13]) if r[13] else None,
+        plan=json.loads(r[14]) if r[14] else None,
     )
 
 
@@ -373,6 +380,13 @@ class Store:
                 sets.append(f"{column} = ?")
                 args.append(value)
         self._db.execute(f"UPDATE files SET {', '.join(sets)} WHERE id = ?", (*args, file_id))
+
+    def set_plan(self, file_id: int, plan: dict[str, Any] | None) -> None:
+        """Record which source a file uses and why (None forgets it)."""
+        self._db.execute(
+            "UPDATE files SET plan = ? WHERE id = ?",
+            (json.dumps(plan) if plan is not None else None, file_id),
+        )
 
     def set_reason(self, file_id: int, reason: str | None) -> None:
         self._db.execute("UPDATE files SET reason = ? WHERE id = ?", (reason, file_id))

@@ -309,3 +309,14 @@ def parse_host_port(value: str, *, allow_port_zero: bool = False) -> tuple[str, 
     if not low <= port <= 65535:
         raise ValueError(f"{value!r}: port {port} must be between {low} and 65535")
     return host, port
+
+
+def format_bytes(n: float | None) -> str:
+    """A size for people, in SI units like the rates: ``"170.5 MB"``; ``"?"`` if unknown."""
+    if n is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # unreachable; keeps mypy sure of the return

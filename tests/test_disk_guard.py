@@ -62,7 +62,7 @@ def test_waits_for_space_then_completes(tmp_path: Path, small_fs: Path) -> None:
                 20,
                 "the job to wait for disk",
             )
-            assert "need 20.0 MiB" in job["reason"]
+            assert "need 21.0 MB" in job["reason"]
             assert job["state"] == "queued"
             assert server.bytes_served() == 0  # it did not start
             ballast.unlink()

@@ -33,6 +33,30 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     assert (tmp_path / "a.db-wal").exists()
 
 
+def test_migrates_a_version_1_database(tmp_path: Path) -> None:
+    """A store written by the first schema gains the later columns and keeps its rows."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("INSERT INTO jobs VALUES ('j', 1, '{}', 'd', '/m', 'j', '[]', 0, 0)")
+    db.execute(
+        "INSERT INTO files (job_id, idx, path, spec, state, updated)"
+        " VALUES ('j', 0, 'a', '{}', 'queued', 0)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "old.db")
+    assert store.schema_version == len(MIGRATIONS)
+    row = store.job_files("j")[0]
+    assert row.plan is None
+    store.set_plan(row.id, {"source": "torrent", "reason": "r"})
+    assert store.get_file(row.id).plan == {"source": "torrent", "reason": "r"}
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(tmp_path / "a.db").close()
     import sqlite3

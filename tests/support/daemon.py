@@ -59,6 +59,15 @@ class DaemonProcess:
             "runtime_dir": str(self.run_dir),
             "log_level": "debug",
             "disk_reserve": 0,
+            # The torrent session stays on loopback: no DHT, no UPnP, any free port.
+            "torrent": {
+                "listen_port": 0,
+                "listen_interfaces": ["127.0.0.1"],
+                "dht": False,
+                "upnp": False,
+                "natpmp": False,
+                "lsd": False,
+            },
         }
         for key, value in config.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):
@@ -73,6 +82,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> DaemonProcess:
+        self.root.mkdir(parents=True, exist_ok=True)
         write_config(self.config_path, self.config)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -1,0 +1,146 @@
+"""What other threads post to the state thread's queue, and what it keeps per transfer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from acquired.daemon.config import Config
+
+
+class Reply:
+    """A slot the state thread fills for a waiting control-server thread."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: dict[str, Any] = {}
+
+    def set(self, value: dict[str, Any]) -> None:
+        self._value = value
+        self._done.set()
+
+    def wait(self, timeout: float) -> dict[str, Any] | None:
+        return self._value if self._done.wait(timeout) else None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A control-socket request; the state thread answers through ``reply``."""
+
+    payload: dict[str, Any]
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class InboxFile:
+    """A manifest in the inbox is complete and can be read."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class SourceEvent:
+    """An event of an HTTP transfer (``token`` tells a stale transfer from the current)."""
+
+    file_id: int
+    token: int
+    event: object
+
+
+@dataclass(frozen=True)
+class TransferEnded:
+    """A transfer or a step stopped: with a result, or with the error that stopped it."""
+
+    file_id: int
+    token: int
+    result: object | None
+    error: BaseException | None
+
+
+@dataclass(frozen=True)
+class TorrentEvent:
+    """An event of the torrent engine, keyed by torrent, not by file."""
+
+    event: object
+
+
+@dataclass(frozen=True)
+class TorrentAdded:
+    """The engine took (or resumed) a torrent the state thread asked for."""
+
+    key: str
+    token: int
+
+
+@dataclass(frozen=True)
+class SourceChosen:
+    """The probes of a file with both a torrent and mirrors are in: ``decision`` says which."""
+
+    file_id: int
+    token: int
+    decision: Any
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Verify or extract progress of a file: ``label`` ("verify", "extract"), done of total."""
+
+    file_id: int
+    token: int
+    label: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Reload:
+    config: Config
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+Message = (
+    Request
+    | InboxFile
+    | SourceEvent
+    | TransferEnded
+    | TorrentEvent
+    | TorrentAdded
+    | SourceChosen
+    | StepProgress
+    | Reload
+    | Stop
+)
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+@dataclass
+class Active:
+    """A file in flight (fetching, choosing its source, verifying, unpacking)."""
+
+    file_id: int
+    job_id: str
+    path: str
+    token: int
+    size: int | None
+    thread: threading.Thread | None
+    source: str
+    kind: str = "http"  # http, torrent, choosing, verify, unpack
+    handle: Cancellable | None = None
+    torrent_key: str | None = None
+    inner: str | None = None  # the file's path inside its torrent
+    bytes_done: int = 0
+    rate: float = 0.0
+    detail: str = ""
+    step: str | None = None
+    stop_reason: str | None = None  # why we asked it to stop: pause, cancel, disk, shutdown
+    started: float = field(default_factory=time.monotonic)
