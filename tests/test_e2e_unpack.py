@@ -1,0 +1,69 @@
+"""The daemon runs a file's unpack steps after the fetch: real archives over loopback HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+from support.daemon import DaemonProcess
+from support.http_server import HttpTestServer
+
+
+def tar_gz(members: dict[str, bytes], *, evil: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if evil is not None:
+            info = tarfile.TarInfo(evil)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    return buf.getvalue()
+
+
+def manifest(name: str, url: str, data: bytes) -> str:
+    return f"""
+manifest_version = 1
+name = "{name}"
+destination = "{name}"
+
+[[files]]
+path = "{name}.tar.gz"
+sha256 = "{hashlib.sha256(data).hexdigest()}"
+sources.mirrors = ["{url}"]
+unpack = [{{ format = "tar.gz", into = "extracted" }}]
+"""
+
+
+def test_archive_is_extracted_after_the_fetch(tmp_path: Path) -> None:
+    members = {"set/a.txt": b"alpha" * 1000, "set/sub/b.bin": bytes(range(256)) * 100}
+    archive = tar_gz(members)
+    with HttpTestServer() as server:
+        url = server.add("/set.tar.gz", archive)
+        with DaemonProcess(tmp_path) as d:
+            d.drop("set.toml", manifest("set", url, archive))
+            d.wait_job("set", "done")
+            for name, data in members.items():
+                assert (d.data / "set/extracted" / name).read_bytes() == data
+            assert (d.data / "set/set.tar.gz").exists()  # kept by default
+            shown = d.call({"cmd": "show", "job": "set"})
+            assert "unpacking" in " ".join(e["message"] for e in shown["events"])
+
+
+def test_hostile_archive_is_refused_and_nothing_escapes(tmp_path: Path) -> None:
+    archive = tar_gz({"ok.txt": b"fine"}, evil="../../escaped.txt")
+    with HttpTestServer() as server:
+        url = server.add("/evil.tar.gz", archive)
+        with DaemonProcess(tmp_path) as d:
+            d.drop("evil.toml", manifest("evil", url, archive))
+            d.wait_job("evil", "failed")
+            f = d.call({"cmd": "show", "job": "evil"})["files"][0]
+            assert f["error"]["code"].startswith("unpack."), f
+            assert f["error"]["hint"]
+            assert d.call({"cmd": "ping"})  # the daemon stays up
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (tmp_path / "data/evil/extracted/ok.txt").exists()  # nothing half-placed
