@@ -22,7 +22,7 @@ import contextlib
 import http.client
 import logging
 import math
-import os
+import mmap
 import threading
 import time
 from collections import deque
@@ -809,13 +809,20 @@ class HttpDownload:
 
     def _hash_loop(self, plan: Plan, hasher: Hasher, stop: threading.Event) -> None:
         """Hash the contiguous written prefix as it grows: its pages are still in the
-        page cache, and verification costs little once the last byte is in."""
+        page cache, and verification costs little once the last byte is in. The file is
+        mapped, so hashing reads the cached pages without copying them."""
         part = self._part
         assert part is not None
-        buf = bytearray(4 * _MiB)
-        view = memoryview(buf)
         hashed = 0
+        step = 8 * _MiB
+        mapped: mmap.mmap | None = None
+        view: memoryview | None = None
         try:
+            if plan.size > 0:
+                mapped = mmap.mmap(part.fd, plan.size, prot=mmap.PROT_READ)
+                with contextlib.suppress(AttributeError, OSError):
+                    mapped.madvise(mmap.MADV_SEQUENTIAL)
+                view = memoryview(mapped)
             while not stop.is_set():
                 target = plan.prefix()
                 if target <= hashed:
@@ -823,15 +830,19 @@ class HttpDownload:
                         return
                     stop.wait(0.01)
                     continue
+                assert view is not None
                 while hashed < target and not stop.is_set():
-                    n = os.preadv(part.fd, [view[: min(len(buf), target - hashed)]], hashed)
-                    if n <= 0:
-                        raise OSError(f"short read at offset {hashed} of {part.path}")
-                    hasher.update(view[:n])
-                    hashed += n
+                    end = min(target, hashed + step)
+                    hasher.update(view[hashed:end])
+                    hashed = end
                     self._hashed = hashed
         except BaseException as exc:
             self._hash_error = exc
+        finally:
+            if view is not None:
+                view.release()
+            if mapped is not None:
+                mapped.close()
 
     def _wait_hasher(self, plan: Plan) -> None:
         thread = self._hash_thread
