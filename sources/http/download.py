@@ -302,6 +302,8 @@ class HttpDownload:
                 min_steal=max(_MiB, self.options.chunk_size),
             )
             self._mode = "segmented"
+        if self._part.size() > size:
+            self._part.truncate(size)  # a longer leftover must not outlive the rename
         self._part.preallocate(size)
         self._start_hasher(self._plan)
 
@@ -714,8 +716,6 @@ class HttpDownload:
         for limiter in self.options.limiters:
             size = limiter.chunk_size(size)
         threshold = self.options.checkpoint_bytes
-        if transfer.received == 0:
-            self._contributors.add(mirror.url)
         reads = 0
         while True:
             left = plan.limit(seg)
@@ -737,6 +737,8 @@ class HttpDownload:
                 )
             part.pwrite(view[:n], seg.pos)
             plan.advance(seg, n)
+            if not transfer.received:
+                self._contributors.add(mirror.url)
             transfer.received += n
             mirror.received += n
             self._received += n

@@ -42,7 +42,7 @@ class HttpOptions:
     """The longest Retry-After the engine honours; longer ones count as a failed try."""
     checkpoint_interval: float = 2.0
     """Seconds between Checkpoint events at most ..."""
-    checkpoint_bytes: int = 4 << 20
+    checkpoint_bytes: int = 2 << 20
     """... or sooner, once this many new bytes per connection are on disk, so a crash
     re-fetches at most about this much per connection."""
     checkpoint_min_interval: float = 0.05
