@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import io
+import lzma
 import os
 import signal
 import stat
@@ -19,6 +20,7 @@ import tarfile
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, cast
@@ -48,19 +50,15 @@ ENTRIES, BYTES, CONSUMED, ABORT = range(4)
 _FLUSH_ENTRIES = 64
 _FLUSH_BYTES = 8 << 20
 
+# What reading a damaged archive raises (besides OSError, which gzip uses too).
 _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError,
     EOFError,
     zstandard.ZstdError,
     zipfile.BadZipFile,
+    lzma.LZMAError,
+    zlib.error,
 )
-try:
-    import lzma
-    import zlib
-
-    _DECOMPRESS_ERRORS += (lzma.LZMAError, zlib.error)
-except ImportError:  # pragma: no cover - both are always built on Linux
-    pass
 
 
 class Shared:
