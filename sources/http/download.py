@@ -84,6 +84,8 @@ _MAX_RESTARTS_PER_MIRROR = 3
 # Window over which a mirror's speed per connection is measured from live transfers.
 _RATE_WINDOW = 3.0
 _MiB = 1 << 20
+# The hasher maps this much of the file at a time.
+_HASH_WINDOW = 32 * _MiB
 
 
 @dataclass
@@ -812,19 +814,26 @@ class HttpDownload:
     def _hash_loop(self, plan: Plan, hasher: Hasher, stop: threading.Event) -> None:
         """Hash the contiguous written prefix as it grows: its pages are still in the
         page cache, and verification costs little once the last byte is in. The file is
-        mapped, so hashing reads the cached pages without copying them."""
+        read through a sliding read-only mapping: no copy, and no more than one window
+        of it counts against the process's resident memory."""
         part = self._part
         assert part is not None
         hashed = 0
-        step = 8 * _MiB
+        window = _HASH_WINDOW - _HASH_WINDOW % mmap.ALLOCATIONGRANULARITY
         mapped: mmap.mmap | None = None
         view: memoryview | None = None
+        base = end = 0
+
+        def unmap() -> None:
+            nonlocal mapped, view
+            if view is not None:
+                view.release()
+                view = None
+            if mapped is not None:
+                mapped.close()
+                mapped = None
+
         try:
-            if plan.size > 0:
-                mapped = mmap.mmap(part.fd, plan.size, prot=mmap.PROT_READ)
-                with contextlib.suppress(AttributeError, OSError):
-                    mapped.madvise(mmap.MADV_SEQUENTIAL)
-                view = memoryview(mapped)
             while not stop.is_set():
                 target = plan.prefix()
                 if target <= hashed:
@@ -832,19 +841,21 @@ class HttpDownload:
                         return
                     stop.wait(0.01)
                     continue
-                assert view is not None
                 while hashed < target and not stop.is_set():
-                    end = min(target, hashed + step)
-                    hasher.update(view[hashed:end])
-                    hashed = end
+                    if view is None or hashed >= end:
+                        unmap()
+                        base = hashed - hashed % mmap.ALLOCATIONGRANULARITY
+                        end = min(plan.size, base + window)
+                        mapped = mmap.mmap(part.fd, end - base, prot=mmap.PROT_READ, offset=base)
+                        view = memoryview(mapped)
+                    stop_at = min(target, end)
+                    hasher.update(view[hashed - base : stop_at - base])
+                    hashed = stop_at
                     self._hashed = hashed
         except BaseException as exc:
             self._hash_error = exc
         finally:
-            if view is not None:
-                view.release()
-            if mapped is not None:
-                mapped.close()
+            unmap()
 
     def _wait_hasher(self, plan: Plan) -> None:
         thread = self._hash_thread
