@@ -57,7 +57,7 @@ from pydantic import (
     model_validator,
 )
 
-from .config import Rate
+from .config import Rate, Size
 from .errors import DaemonError
 from .units import Bool, Int, describe_validation_error, parse_host_port
 
@@ -454,6 +454,17 @@ class Sources(_Strict):
         return self
 
 
+class UnpackLimits(_Strict):
+    """How much one extraction may write; absent values take the daemon's [unpack] limits."""
+
+    max_bytes: Size | None = None
+    """Bytes of file data at most ("2TiB" accepted)."""
+    max_ratio: float | None = Field(default=None, gt=0)
+    """At most this many times the archive's size."""
+    max_entries: Int | None = Field(default=None, ge=1)
+    """Files, folders and links at most."""
+
+
 class UnpackStep(_Strict):
     """One extraction of the file once it is verified."""
 
@@ -465,6 +476,74 @@ class UnpackStep(_Strict):
     """Also extract archives found inside the archive."""
     delete_archive: Bool = False
     """Delete the archive once it has been extracted."""
+    limits: UnpackLimits | None = None
+    """Override the daemon's extraction limits for this archive."""
+
+
+class ChecksumsSpec(_Strict):
+    """``[[checksums]]``: a checksum file shipped with the dataset (SHA256SUMS, MD5SUMS,
+    *.md5); every member it lists is checked once all files are done."""
+
+    file: Annotated[str, BeforeValidator(_relative_file)]
+    """The checksum file, relative to the destination."""
+    base: Annotated[str | None, _optional(_relative_folder)] = None
+    """Folder the listed names are relative to (default: the checksum file's folder)."""
+    algorithm: Literal["sha256", "sha1", "md5", "blake2b", "sha512"] | None = None
+    """The digest algorithm, when the file's name and line lengths do not tell."""
+
+
+class ImagenetValLayout(_Strict):
+    """``[[layout]] kind = "imagenet-val"``: sort the validation images into one folder per
+    class, from the devkit's ground truth (or LOC_val_solution.csv)."""
+
+    kind: Literal["imagenet-val"]
+    images: Annotated[str, BeforeValidator(_relative_folder)]
+    """Folder holding the 50,000 ILSVRC2012_val_*.JPEG images."""
+    ground_truth: Annotated[str | None, _optional(_relative_file)] = None
+    """ILSVRC2012_validation_ground_truth.txt of the devkit."""
+    synsets: Annotated[str | None, _optional(_relative_file)] = None
+    """The devkit's meta.mat, or a file with one WNID per line in devkit id order."""
+    labels: Annotated[str | None, _optional(_relative_file)] = None
+    """LOC_val_solution.csv or a WNID-per-image file, instead of ground_truth + synsets."""
+    expected_images: Int | None = Field(default=None, ge=1)
+    expected_classes: Int | None = Field(default=None, ge=1)
+
+
+class FrameworkLayout(_Strict):
+    """``[[layout]] kind = "framework"``: place a dataset where Keras or torchvision looks
+    for it, so they do not download it again. ``root`` stays under the destination: point
+    KERAS_HOME (Keras) or the dataset's ``root=`` argument (torchvision) at it."""
+
+    kind: Literal["framework"]
+    framework: Literal["keras", "torchvision"]
+    dataset: str
+    """e.g. "cifar10", "cifar100", "mnist", "fashion_mnist"."""
+    root: Annotated[str, BeforeValidator(_relative_folder)]
+    """The cache folder, relative to the destination (e.g. "keras-home")."""
+    file: Annotated[str, BeforeValidator(_relative_file)]
+    """The downloaded archive (one of the manifest's files)."""
+    into: Annotated[str, BeforeValidator(_relative_folder)] = "."
+    """Where the archive was extracted, relative to the destination."""
+    mode: Literal["hardlink", "symlink", "copy"] = "hardlink"
+    check: Bool = True
+    """Check the framework's own recorded digests after placing."""
+    replace: Bool = False
+
+
+Layout = Annotated[ImagenetValLayout | FrameworkLayout, Field(discriminator="kind")]
+
+
+class ListingSpec(_Strict):
+    """``[[listing]]``: write a listing (relative path, size) of a folder of the dataset and
+    check it against the counts the dataset should have."""
+
+    root: Annotated[str, BeforeValidator(_relative_folder)] = "."
+    path: Annotated[str | None, _optional(_relative_file)] = None
+    """Where the listing goes (default: beside the folder)."""
+    format: Literal["tsv", "jsonl"] = "tsv"
+    expect_files: Int | None = Field(default=None, ge=0)
+    expect_folders: Int | None = Field(default=None, ge=0)
+    expect_bytes: Int | None = Field(default=None, ge=0)
 
 
 class FileSpec(_Strict):
@@ -571,6 +650,42 @@ class Manifest(_Strict):
     """The files of the dataset."""
     pip: PipSpec | None = None
     """Python wheels to fetch alongside."""
+    checksums: list[ChecksumsSpec] = Field(default_factory=list)
+    """Checksum files of the dataset, checked once every file is done."""
+    layout: list[Layout] = Field(default_factory=list)
+    """Layouts made once every file is done, in this order."""
+    listing: list[ListingSpec] = Field(default_factory=list)
+    """Listings written (and counts checked) last."""
+
+    @property
+    def has_job_steps(self) -> bool:
+        """Whether anything runs once every file is done."""
+        return bool(self.checksums or self.layout or self.listing)
+
+    def relative_paths(self) -> list[tuple[str, str]]:
+        """Every (field path, path relative to the destination) the job writes or reads,
+        so the daemon can check each stays under the data root."""
+        out: list[tuple[str, str]] = []
+        for i, f in enumerate(self.files):
+            out.append((f"files[{i}].path", f.path))
+            out += [(f"files[{i}].unpack[{j}].into", u.into) for j, u in enumerate(f.unpack)]
+        if self.pip is not None:
+            out.append(("pip.target", self.pip.target))
+        for i, c in enumerate(self.checksums):
+            out.append((f"checksums[{i}].file", c.file))
+            if c.base is not None:
+                out.append((f"checksums[{i}].base", c.base))
+        for i, lay in enumerate(self.layout):
+            names = ("images", "ground_truth", "synsets", "labels", "root", "file", "into")
+            for name in names:
+                value = getattr(lay, name, None)
+                if isinstance(value, str):
+                    out.append((f"layout[{i}].{name}", value))
+        for i, li in enumerate(self.listing):
+            out.append((f"listing[{i}].root", li.root))
+            if li.path is not None:
+                out.append((f"listing[{i}].path", li.path))
+        return out
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Manifest:

@@ -96,6 +96,26 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class JobStepProgress:
+    """Progress of a job's own steps: ``label`` ("checksums SHA256SUMS", ...), done of total."""
+
+    job_id: str
+    token: int
+    label: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class JobStepsEnded:
+    """A job's own steps (checksum files, layouts, listings) stopped."""
+
+    job_id: str
+    token: int
+    error: BaseException | None
+
+
+@dataclass(frozen=True)
 class Reload:
     config: Config
 
@@ -114,6 +134,8 @@ Message = (
     | TorrentAdded
     | SourceChosen
     | StepProgress
+    | JobStepProgress
+    | JobStepsEnded
     | Reload
     | Stop
 )

@@ -30,6 +30,7 @@ from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
 from acquired.daemon.manifest import (
     FileSpec,
+    FrameworkLayout,
     Manifest,
     ManifestError,
     manifest_digest,
@@ -39,6 +40,8 @@ from acquired.daemon.manifest import (
 from acquired.daemon.messages import (
     Active,
     InboxFile,
+    JobStepProgress,
+    JobStepsEnded,
     Message,
     Reload,
     Reply,
@@ -74,7 +77,16 @@ from acquired.sources.http import events as http_events
 from acquired.sources.http.ratelimit import RateLimiter
 from acquired.sources.torrent import TorrentEngine, TorrentRequest
 from acquired.sources.torrent import events as tev
-from acquired.unpack import Limits, UnpackStep, process_file
+from acquired.unpack import (
+    ChecksumFileStep,
+    FrameworkStep,
+    ImagenetValStep,
+    Limits,
+    ListingStep,
+    UnpackStep,
+    finish_job,
+    process_file,
+)
 
 LOG = logging.getLogger("acquired.service")
 VERSION = "0.1.0"
@@ -205,6 +217,8 @@ class Service:
         self._groups: dict[str, list[int]] = {}
         self._seeding: dict[str, dict[str, Any]] = {}
         self._dht_nodes: int | None = None
+        # Jobs whose own steps run now: job id -> (token, handle, thread, progress text).
+        self._finishing: dict[str, tuple[int, _StepHandle, threading.Thread, str]] = {}
 
     def attach_torrents(self, engine: TorrentEngine | None, why_not: str | None = None) -> None:
         """Use ``engine`` for torrent sources (None: torrents are unavailable, ``why_not``)."""
@@ -236,6 +250,9 @@ class Service:
         n = self.store.requeue_interrupted()
         if n:
             self._event("info", f"resuming {n} file(s) interrupted by the last stop")
+        for job in self.store.list_jobs():
+            if job.finish == "pending":
+                self._maybe_finish(job.id)
         self._check_disk(force=True)
         while True:
             self.notifier.watchdog()
@@ -272,6 +289,10 @@ class Service:
                 self._on_source_chosen(message)
             elif isinstance(message, TorrentAdded):
                 self._on_torrent_added(message)
+            elif isinstance(message, JobStepProgress):
+                self._on_job_step_progress(message)
+            elif isinstance(message, JobStepsEnded):
+                self._on_job_steps_ended(message)
             elif isinstance(message, InboxFile):
                 self._on_inbox_file(message.path)
             elif isinstance(message, Request):
@@ -292,10 +313,14 @@ class Service:
             act.stop_reason = "shutdown"
             if act.handle is not None:
                 act.handle.cancel()
+        for _, handle, _, _ in self._finishing.values():
+            handle.cancel()
+        threads = [a.thread for a in self.active.values() if a.thread is not None]
+        threads += [t for _, _, t, _ in self._finishing.values()]
         deadline = time.monotonic() + 10
-        for act in list(self.active.values()):
-            if act.thread is not None and act.thread is not threading.current_thread():
-                act.thread.join(max(deadline - time.monotonic(), 0.1))
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(deadline - time.monotonic(), 0.1))
         # Record the last checkpoints the transfers emitted while stopping.
         while True:
             try:
@@ -348,12 +373,8 @@ class Service:
         manifest = parse_manifest(data, source_name)
         root = self.config.data_root
         dest = resolve_under(root, manifest.destination, "destination", source_name)
-        for i, f in enumerate(manifest.files):
-            resolve_under(dest, f.path, f"files[{i}].path", source_name)
-            for j, step in enumerate(f.unpack):
-                resolve_under(dest, step.into, f"files[{i}].unpack[{j}].into", source_name)
-        if manifest.pip is not None:
-            resolve_under(dest, manifest.pip.target, "pip.target", source_name)
+        for field, relative in manifest.relative_paths():
+            resolve_under(dest, relative, field, source_name)
         digest = manifest_digest(manifest)
         existing = self.store.get_job(manifest.name)
         carried: dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]] = {}
@@ -361,7 +382,7 @@ class Service:
             if existing.manifest_digest == digest:
                 return {"job": manifest.name, "created": False, "message": "already known"}
             totals = self.store.job_totals(manifest.name)
-            if job_is_active(totals.counts) and not replace:
+            if job_is_active(totals.counts, existing.finish) and not replace:
                 raise JobConflict(
                     f"{source_name}: a different manifest for job '{manifest.name}' is"
                     " active; it was not replaced",
@@ -390,6 +411,7 @@ class Service:
             destination=str(dest.relative_to(root.resolve())),
             warnings=warnings,
             files=files,
+            finish="pending" if manifest.has_job_steps else None,
         )
         verb = "replaced" if existing is not None else "added"
         self._event("info", f"job {verb}: {len(files)} file(s)", job_id=manifest.name)
@@ -408,6 +430,10 @@ class Service:
             if act.thread is not None:
                 act.thread.join(15)
             self.active.pop(act.file_id, None)
+        if job_id in self._finishing:
+            _, handle, thread, _ = self._finishing.pop(job_id)
+            handle.cancel()
+            thread.join(15)
         rows: dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]] = {}
         offset = 0
         while batch := self.store.job_files(job_id, offset=offset):
@@ -904,6 +930,7 @@ class Service:
             return
         self.store.set_state(row.id, FileState.DONE)
         self._event("info", f"done ({format_bytes(size)}, verified)", job_id=row.job_id, row=row)
+        self._maybe_finish(row.job_id)
 
     def _start_steps(self, row: FileRow, spec: FileSpec, *, verified: bool) -> None:
         job = self.store.get_job(row.job_id)
@@ -911,19 +938,23 @@ class Service:
         token = self._next_token()
         handle = _StepHandle()
         unpack = self.config.unpack
-        limits = Limits(
-            max_bytes=unpack.max_bytes, max_ratio=unpack.max_ratio, max_entries=unpack.max_entries
-        )
-        steps = [
-            UnpackStep(
-                format=s.format,
-                into=s.into,
-                nested=s.nested,
-                delete_archive=s.delete_archive or unpack.delete_archives,
-                limits=limits,
+        steps = []
+        for s in spec.unpack:
+            own = s.limits
+            limits = Limits(
+                max_bytes=own.max_bytes if own and own.max_bytes else unpack.max_bytes,
+                max_ratio=own.max_ratio if own and own.max_ratio else unpack.max_ratio,
+                max_entries=own.max_entries if own and own.max_entries else unpack.max_entries,
             )
-            for s in spec.unpack
-        ]
+            steps.append(
+                UnpackStep(
+                    format=s.format,
+                    into=s.into,
+                    nested=s.nested,
+                    delete_archive=s.delete_archive or unpack.delete_archives,
+                    limits=limits,
+                )
+            )
         path, job_root = self._target(row), self.config.data_root / job.destination
 
         def progress(label: str, done: int, total: int) -> None:
@@ -963,6 +994,12 @@ class Service:
         self._event("info", f"unpacking ({len(steps)} step(s))", job_id=row.job_id, row=row)
         thread.start()
 
+    def _on_job_step_progress(self, message: JobStepProgress) -> None:
+        current = self._finishing.get(message.job_id)
+        if current is not None and current[0] == message.token:
+            pct = f" {100 * message.done / message.total:.0f}%" if message.total else ""
+            self._finishing[message.job_id] = (*current[:3], f"{message.label}{pct}")
+
     def _on_step_progress(self, message: StepProgress) -> None:
         act = self.active.get(message.file_id)
         if act is None or act.token != message.token:
@@ -971,6 +1008,87 @@ class Service:
         act.bytes_done, act.size = message.done, message.total
         pct = f" {100 * message.done / message.total:.0f}%" if message.total else ""
         act.detail = f"{message.label}{pct}"
+
+    # -- a job's own steps, once every file is done -----------------------------------------
+
+    def _maybe_finish(self, job_id: str) -> None:
+        """Start the job's own steps if it has some and every file is done."""
+        job = self.store.get_job(job_id)
+        if job is None or job.finish != "pending" or job_id in self._finishing:
+            return
+        counts = self.store.job_totals(job_id).counts
+        if set(counts) != {FileState.DONE}:
+            return
+        manifest = Manifest.model_validate(job.manifest)
+        job_root = self.config.data_root / job.destination
+        layouts: list[ImagenetValStep | FrameworkStep] = []
+        for lay in manifest.layout:
+            if isinstance(lay, FrameworkLayout):
+                layouts.append(
+                    FrameworkStep(
+                        framework=lay.framework,
+                        dataset=lay.dataset,
+                        root=str(job_root / lay.root),
+                        file=lay.file,
+                        into=lay.into,
+                        mode=lay.mode,
+                        check=lay.check,
+                        replace=lay.replace,
+                    )
+                )
+            else:
+                layouts.append(ImagenetValStep(**lay.model_dump(exclude={"kind"})))
+        checksums = [ChecksumFileStep(**c.model_dump()) for c in manifest.checksums]
+        listings = [ListingStep(**li.model_dump()) for li in manifest.listing]
+        token = self._next_token()
+        handle = _StepHandle()
+        workers = self.config.unpack.workers or None
+
+        def progress(label: str, done: int, total: int) -> None:
+            self.post(JobStepProgress(job_id, token, label, done, total))
+
+        def work() -> None:
+            try:
+                finish_job(
+                    job_root,
+                    checksums=checksums,
+                    layouts=layouts,
+                    listings=listings,
+                    workers=workers,
+                    progress=progress,
+                    cancel=handle.event,
+                )
+            except BaseException as exc:
+                self.post(JobStepsEnded(job_id, token, exc))
+            else:
+                self.post(JobStepsEnded(job_id, token, None))
+
+        thread = threading.Thread(target=work, name=f"finish-{job_id}", daemon=True)
+        self._finishing[job_id] = (token, handle, thread, "starting")
+        self.store.set_finish(job_id, "running")
+        self._event("info", "all files done; running the job's own steps", job_id=job_id)
+        thread.start()
+
+    def _on_job_steps_ended(self, message: JobStepsEnded) -> None:
+        current = self._finishing.get(message.job_id)
+        if current is None or current[0] != message.token:
+            return
+        del self._finishing[message.job_id]
+        if message.error is None:
+            self.store.set_finish(message.job_id, "done")
+            self._event("info", "done (job steps)", job_id=message.job_id)
+            return
+        info = describe(message.error)
+        if self._stopping or info.code == "unpack.cancelled":
+            self.store.set_finish(message.job_id, "pending")
+            return
+        self.store.set_finish(message.job_id, "failed", info.as_dict())
+        self._event(
+            "error",
+            f"job steps failed: {info.message} — {info.hint}",
+            job_id=message.job_id,
+            code=info.code,
+        )
 
     # -- the end of a transfer or step --------------------------------------------------------
 
@@ -993,6 +1111,7 @@ class Service:
             if act.kind == "unpack":
                 self.store.set_state(row.id, FileState.DONE)
                 self._event("info", "done (unpacked)", job_id=row.job_id, row=row)
+                self._maybe_finish(row.job_id)
             else:
                 digests = getattr(message.result, "digests", None)
                 size = int(getattr(message.result, "size", act.bytes_done))
@@ -1126,6 +1245,11 @@ class Service:
                     attempts = 0 if cmd == "retry" else None
                     self.store.set_state(row.id, new, reason=reason, attempts=attempts)
                 changed += 1
+        job = self.store.get_job(job_id)
+        if cmd == "retry" and job is not None and job.finish == "failed":
+            self.store.set_finish(job_id, "pending")
+            self._maybe_finish(job_id)
+            changed += 1
         self._event("info", f"{cmd}: {changed} file(s)", job_id=job_id)
         return {"job": job_id, "files": changed}
 
@@ -1161,7 +1285,7 @@ class Service:
             jobs.append(
                 {
                     "id": job.id,
-                    "state": job_state(totals.counts),
+                    "state": job_state(totals.counts, job.finish),
                     "files_total": totals.files_total,
                     "files_done": totals.counts.get(FileState.DONE, 0),
                     "bytes_total": totals.bytes_total,
@@ -1192,7 +1316,22 @@ class Service:
                 "paused": counts.get(FileState.PAUSED, 0),
             },
             "jobs": jobs,
-            "active": [self._active_view(a) for a in self.active.values()],
+            "active": [self._active_view(a) for a in self.active.values()]
+            + [
+                {
+                    "job": job_id,
+                    "file": "(job steps)",
+                    "state": "finishing",
+                    "bytes_total": None,
+                    "bytes_done": 0,
+                    "speed": 0.0,
+                    "eta": None,
+                    "source": "unpack",
+                    "detail": detail,
+                    "step": detail,
+                }
+                for job_id, (_, _, _, detail) in self._finishing.items()
+            ],
             "seeding": [{"key": k, **v} for k, v in self._seeding.items()],
             "events": self.store.recent_events(limit=10),
         }
@@ -1255,7 +1394,8 @@ class Service:
             )
         return {
             "id": job.id,
-            "state": job_state(totals.counts),
+            "state": job_state(totals.counts, job.finish),
+            "job_steps": {"state": job.finish, "error": job.finish_error},
             "destination": str(self.config.data_root / job.destination),
             "manifest": job.manifest_path,
             "warnings": job.warnings,

@@ -99,12 +99,23 @@ def after_command(command: str, state: FileState) -> FileState | None:
     raise ValueError(f"unknown command {command!r}")
 
 
-def job_state(counts: Mapping[str, int]) -> str:
-    """A job's state, derived from how many of its files are in each state.
+def job_state(counts: Mapping[str, int], finish: str | None = None) -> str:
+    """A job's state, derived from how many of its files are in each state and from the
+    state of its own steps (``finish``: None, pending, running, done, failed).
 
     Work in progress wins over waiting, waiting over pauses, and a failure shows only
-    once nothing else can still move, so "failed" always means "needs the user".
+    once nothing else can still move, so "failed" always means "needs the user". A job
+    whose files are all done is "finishing" while its own steps still have to run.
     """
+    files = _files_state(counts)
+    if files == "done" and finish in ("pending", "running"):
+        return "finishing"
+    if files == "done" and finish == "failed":
+        return "failed"
+    return files
+
+
+def _files_state(counts: Mapping[str, int]) -> str:
     present = {FileState(s) for s, n in counts.items() if n > 0}
     if not present:
         return "empty"
@@ -122,6 +133,6 @@ def job_state(counts: Mapping[str, int]) -> str:
     return "done"
 
 
-def job_is_active(counts: Mapping[str, int]) -> bool:
+def job_is_active(counts: Mapping[str, int], finish: str | None = None) -> bool:
     """An active job still has files that can move without the user (or are paused)."""
-    return job_state(counts) not in ("done", "failed", "cancelled", "empty")
+    return job_state(counts, finish) not in ("done", "failed", "cancelled", "empty")

@@ -72,6 +72,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE files ADD COLUMN plan TEXT;
     """,
+    # 3: job-level steps (checksum files, layouts, listings) run once every file is done:
+    # NULL (none), 'pending', 'running', 'done' or 'failed'; finish_error holds the error.
+    """
+    ALTER TABLE jobs ADD COLUMN finish TEXT;
+    ALTER TABLE jobs ADD COLUMN finish_error TEXT;
+    """,
 )
 
 # Events kept per job (and for daemon-wide events): enough for `show` and the TUI.
@@ -106,6 +112,8 @@ class JobRow:
     destination: str
     warnings: list[str]
     created: float
+    finish: str | None = None
+    finish_error: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,10 @@ class JobTotals:
     bytes_done: int
 
 
+_JOB_COLUMNS = (
+    "id, seq, manifest_json, manifest_digest, manifest_path, destination, warnings, created,"
+    " finish, finish_error"
+)
 _FILE_COLUMNS = (
     "id, job_id, idx, path, size, spec, state, reason, error, bytes_done, attempts,"
     " not_before, source, digests, plan"
@@ -222,13 +234,15 @@ class Store:
         destination: str,
         warnings: list[str],
         files: Iterable[NewFile],
+        finish: str | None = None,
     ) -> None:
-        """Create a job and its files in one transaction."""
+        """Create a job and its files in one transaction (``finish``: 'pending' when the
+        job has steps to run once every file is done)."""
         now = time.time()
         with self._tx():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
                     job_id,
                     seq,
@@ -239,6 +253,7 @@ class Store:
                     json.dumps(warnings),
                     now,
                     now,
+                    finish,
                 ),
             )
             for f in files:
@@ -268,18 +283,23 @@ class Store:
 
     def get_job(self, job_id: str) -> JobRow | None:
         r = self._db.execute(
-            "SELECT id, seq, manifest_json, manifest_digest, manifest_path, destination,"
-            " warnings, created FROM jobs WHERE id = ?",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         return _job_row(r) if r else None
 
     def list_jobs(self) -> list[JobRow]:
-        rows = self._db.execute(
-            "SELECT id, seq, manifest_json, manifest_digest, manifest_path, destination,"
-            " warnings, created FROM jobs ORDER BY seq"
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq").fetchall()
         return [_job_row(r) for r in rows]
+
+    def set_finish(
+        self, job_id: str, finish: str | None, error: dict[str, Any] | None = None
+    ) -> None:
+        """Record the state of a job's own steps (and their error, if they failed)."""
+        self._db.execute(
+            "UPDATE jobs SET finish = ?, finish_error = ?, updated = ? WHERE id = ?",
+            (finish, json.dumps(error) if error else None, time.time(), job_id),
+        )
 
     def job_totals(self, job_id: str) -> JobTotals:
         rows = self._db.execute(
@@ -404,6 +424,7 @@ class Store:
             "UPDATE files SET state = 'queued', reason = 'resuming after restart',"
             " not_before = 0 WHERE state IN ('fetching', 'verifying', 'unpacking')"
         )
+        self._db.execute("UPDATE jobs SET finish = 'pending' WHERE finish = 'running'")
         return cur.rowcount
 
     # -- checkpoints --------------------------------------------------------------------
@@ -475,6 +496,8 @@ def _job_row(r: tuple[Any, ...]) -> JobRow:
         destination=r[5],
         warnings=json.loads(r[6]),
         created=r[7],
+        finish=r[8],
+        finish_error=json.loads(r[9]) if r[9] else None,
     )
 
 

@@ -67,3 +67,36 @@ def test_hostile_archive_is_refused_and_nothing_escapes(tmp_path: Path) -> None:
             assert d.call({"cmd": "ping"})  # the daemon stays up
     assert not list(tmp_path.rglob("escaped.txt"))
     assert not (tmp_path / "data/evil/extracted/ok.txt").exists()  # nothing half-placed
+
+
+def test_job_steps_check_sums_and_counts_once_every_file_is_done(tmp_path: Path) -> None:
+    members = {f"set/{i}.txt": f"item {i}\n".encode() * 50 for i in range(6)}
+    sums = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name.split('/')[1]}\n"
+        for name, data in members.items()
+    )
+    archive = tar_gz({**members, "set/SHA256SUMS": sums.encode()})
+    steps = """
+[[checksums]]
+file = "extracted/set/SHA256SUMS"
+
+[[listing]]
+root = "extracted/set"
+expect_files = {count}
+"""
+    with HttpTestServer() as server:
+        url = server.add("/set.tar.gz", archive)
+        with DaemonProcess(tmp_path) as d:
+            d.drop("good.toml", manifest("good", url, archive) + steps.format(count=7))
+            d.wait_job("good", "done")
+            shown = d.call({"cmd": "show", "job": "good"})
+            assert shown["job_steps"]["state"] == "done"
+            assert "done (job steps)" in " ".join(e["message"] for e in shown["events"])
+
+            d.drop("bad.toml", manifest("bad", url, archive) + steps.format(count=99))
+            d.wait_job("bad", "failed")
+            shown = d.call({"cmd": "show", "job": "bad"})
+            assert [f["state"] for f in shown["files"]] == ["done"]  # the data is fine
+            error = shown["job_steps"]["error"]
+            assert error["code"] == "layout.count_mismatch", error
+            assert "99" in error["message"]

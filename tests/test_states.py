@@ -74,6 +74,15 @@ def test_job_state(counts: dict[str, int], expected: str) -> None:
     assert job_state(counts) == expected
 
 
+def test_job_steps_hold_the_job_until_they_are_done() -> None:
+    assert job_state({"done": 2}, "pending") == "finishing"
+    assert job_state({"done": 2}, "running") == "finishing"
+    assert job_state({"done": 2}, "done") == "done"
+    assert job_state({"done": 2}, "failed") == "failed"
+    assert job_state({"done": 1, "fetching": 1}, "pending") == "fetching"
+    assert job_is_active({"done": 2}, "pending")
+
+
 def test_job_is_active() -> None:
     assert job_is_active({"queued": 1})
     assert job_is_active({"paused": 1, "done": 1})
