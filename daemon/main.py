@@ -17,9 +17,9 @@ from types import FrameType
 from acquired.daemon.config import Config
 from acquired.daemon.control import ControlServer
 from acquired.daemon.errors import describe
-from acquired.daemon.inbox import InboxWatcher
+from acquired.daemon.inbox import FolderWatcher
 from acquired.daemon.logs import setup_logging
-from acquired.daemon.messages import InboxFile, Reload, TorrentEvent
+from acquired.daemon.messages import InboxFile, Reload, TorrentEvent, WatchedFile
 from acquired.daemon.notify import Notifier
 from acquired.daemon.service import VERSION, Service
 from acquired.daemon.store import Store
@@ -86,8 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         LOG.error("%s (%s)", info.message, info.hint, extra={"code": info.code})
         return 1
     control.start()
-    watcher = InboxWatcher(config.inbox, lambda path: service.post(InboxFile(path)))
-    watcher.start()
+    (config.inbox / "rejected").mkdir(parents=True, exist_ok=True)
+    watchers = [FolderWatcher(config.inbox, lambda path: service.post(InboxFile(path)))]
+    watchers += [
+        FolderWatcher(folder, lambda path: service.post(WatchedFile(path)), recursive=True)
+        for folder in config.unpack.watch_dirs
+    ]
+    for watcher in watchers:
+        watcher.start()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         LOG.info("received %s; stopping", signal.Signals(signum).name)
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service.run()
     finally:
-        watcher.stop()
+        for watcher in watchers:
+            watcher.stop()
         control.stop()
         store.close()
     LOG.info("acquired stopped")

@@ -42,6 +42,22 @@ class InboxFile:
 
 
 @dataclass(frozen=True)
+class WatchedFile:
+    """A complete file appeared in a watched folder of completed downloads."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class WatchedMatch:
+    """Which expected file a watched file is (``file_id`` None: none), or why not."""
+
+    path: Path
+    file_id: int | None
+    error: BaseException | None
+
+
+@dataclass(frozen=True)
 class SourceEvent:
     """An event of an HTTP transfer (``token`` tells a stale transfer from the current)."""
 
@@ -128,6 +144,8 @@ class Stop:
 Message = (
     Request
     | InboxFile
+    | WatchedFile
+    | WatchedMatch
     | SourceEvent
     | TransferEnded
     | TorrentEvent

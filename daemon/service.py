@@ -53,6 +53,8 @@ from acquired.daemon.messages import (
     TorrentAdded,
     TorrentEvent,
     TransferEnded,
+    WatchedFile,
+    WatchedMatch,
 )
 from acquired.daemon.notify import Notifier, format_status
 from acquired.daemon.states import FileState, after_command, job_is_active, job_state
@@ -78,6 +80,7 @@ from acquired.sources.http.ratelimit import RateLimiter
 from acquired.sources.torrent import TorrentEngine, TorrentRequest
 from acquired.sources.torrent import events as tev
 from acquired.unpack import (
+    Candidate,
     ChecksumFileStep,
     FrameworkStep,
     ImagenetValStep,
@@ -85,6 +88,7 @@ from acquired.unpack import (
     ListingStep,
     UnpackStep,
     finish_job,
+    match_completed,
     process_file,
 )
 
@@ -219,6 +223,9 @@ class Service:
         self._dht_nodes: int | None = None
         # Jobs whose own steps run now: job id -> (token, handle, thread, progress text).
         self._finishing: dict[str, tuple[int, _StepHandle, threading.Thread, str]] = {}
+        # Watched files being matched, and files whose transfer stops for a watched copy.
+        self._matching: set[Path] = set()
+        self._watched_for: dict[int, Path] = {}
 
     def attach_torrents(self, engine: TorrentEngine | None, why_not: str | None = None) -> None:
         """Use ``engine`` for torrent sources (None: torrents are unavailable, ``why_not``)."""
@@ -295,6 +302,10 @@ class Service:
                 self._on_job_steps_ended(message)
             elif isinstance(message, InboxFile):
                 self._on_inbox_file(message.path)
+            elif isinstance(message, WatchedFile):
+                self._on_watched_file(message.path)
+            elif isinstance(message, WatchedMatch):
+                self._on_watched_match(message)
             elif isinstance(message, Request):
                 message.reply.set(self._on_request(message.payload))
             elif isinstance(message, Reload):
@@ -932,7 +943,10 @@ class Service:
         self._event("info", f"done ({format_bytes(size)}, verified)", job_id=row.job_id, row=row)
         self._maybe_finish(row.job_id)
 
-    def _start_steps(self, row: FileRow, spec: FileSpec, *, verified: bool) -> None:
+    def _start_steps(
+        self, row: FileRow, spec: FileSpec, *, verified: bool, place_from: Path | None = None
+    ) -> None:
+        """Run the file's unpack steps on a worker (first placing a watched copy of it)."""
         job = self.store.get_job(row.job_id)
         assert job is not None
         token = self._next_token()
@@ -962,6 +976,9 @@ class Service:
 
         def work() -> None:
             try:
+                if place_from is not None:
+                    progress("place", 0, 1)
+                    _place(place_from, path)
                 outcome = process_file(
                     path,
                     job_root=job_root,
@@ -1008,6 +1025,76 @@ class Service:
         act.bytes_done, act.size = message.done, message.total
         pct = f" {100 * message.done / message.total:.0f}%" if message.total else ""
         act.detail = f"{message.label}{pct}"
+
+    # -- completed files in watched folders ---------------------------------------------------
+
+    def _on_watched_file(self, path: Path) -> None:
+        if path in self._matching:
+            return
+        candidates = [
+            Candidate(
+                key=str(r.id),
+                name=Path(r.path).name,
+                size=r.size,
+                digests=FileSpec.model_validate(r.spec).digests,
+            )
+            for r in self.store.unfinished_named(path.name)
+        ]
+        if not candidates:
+            return
+        self._matching.add(path)
+
+        def work() -> None:
+            # Hashing a large file takes a while: not on the state thread.
+            try:
+                match = match_completed(path, candidates)
+            except Exception as exc:
+                self.post(WatchedMatch(path, None, exc))
+            else:
+                self.post(WatchedMatch(path, int(match.key) if match else None, None))
+
+        threading.Thread(target=work, name=f"match-{path.name}", daemon=True).start()
+
+    def _on_watched_match(self, message: WatchedMatch) -> None:
+        self._matching.discard(message.path)
+        if message.error is not None:
+            info = describe(message.error)
+            LOG.warning(
+                "watched file %s not used: %s",
+                message.path,
+                info.message,
+                extra={"code": info.code},
+            )
+            self.store.add_event(
+                "warning", f"watched file {message.path} not used: {info.message}", code=info.code
+            )
+            return
+        if message.file_id is None:
+            return
+        try:
+            row = self.store.get_file(message.file_id)
+        except KeyError:
+            return
+        if row.state in (FileState.DONE, FileState.CANCELLED, FileState.UNPACKING):
+            return
+        act = self.active.get(row.id)
+        if act is not None:
+            if act.kind in ("http", "torrent", "choosing") and act.stop_reason is None:
+                # The copy replaces the transfer; it is placed once the transfer stopped.
+                self._watched_for[row.id] = message.path
+                self._stop_active(act, "watched")
+            return
+        self._place_watched(row, message.path)
+
+    def _place_watched(self, row: FileRow, path: Path) -> None:
+        spec = FileSpec.model_validate(row.spec)
+        size = path.stat().st_size
+        self.store.clear_checkpoint(row.id)
+        self.store.set_state(
+            row.id, FileState.FETCHING, digests=spec.digests, source="watched", bytes_done=size
+        )
+        self._event("info", f"found a completed copy: {path}", job_id=row.job_id, row=row)
+        self._start_steps(self.store.get_file(row.id), spec, verified=True, place_from=path)
 
     # -- a job's own steps, once every file is done -----------------------------------------
 
@@ -1125,6 +1212,13 @@ class Service:
     def _stopped(self, row: FileRow, reason: str) -> None:
         if reason == "shutdown":
             return  # stays in flight in the store; the next start resumes it
+        if reason == "watched":
+            path = self._watched_for.pop(row.id, None)
+            if path is not None:
+                self._place_watched(row, path)
+            else:  # another file of the same torrent: it goes back to the queue
+                self.store.set_state(row.id, FileState.QUEUED, reason="torrent restarted")
+            return
         if reason == "pause":
             self.store.set_state(row.id, FileState.PAUSED, reason="paused by user")
         elif reason == "cancel":
@@ -1459,6 +1553,22 @@ def _spec_key(spec: dict[str, Any]) -> str:
 
 def _error_reply(info: ErrorInfo) -> dict[str, Any]:
     return {"ok": False, "error": info.as_dict()}
+
+
+def _place(source: Path, target: Path) -> None:
+    """Put a watched copy at ``target`` atomically: a hard link where the filesystem
+    allows it (no bytes copied), else a copy flushed to disk first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.watched")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, target)
+    target.with_name(target.name + ".part").unlink(missing_ok=True)
 
 
 def _disk_usage(path: Path) -> tuple[int, int]:

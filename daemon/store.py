@@ -347,6 +347,15 @@ class Store:
             rows = self._db.execute(q, (state, job_id)).fetchall()
         return [_file_row(r) for r in rows]
 
+    def unfinished_named(self, name: str) -> list[FileRow]:
+        """Files not done nor cancelled whose base name is ``name`` (for watched folders)."""
+        rows = self._db.execute(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE state NOT IN ('done', 'cancelled')"
+            " AND (path = ? OR substr(path, -length(?) - 1) = '/' || ?) ORDER BY id",
+            (name, name, name),
+        ).fetchall()
+        return [_file_row(r) for r in rows]
+
     def next_queued(self, now: float, *, limit: int, skip: Iterable[int] = ()) -> list[FileRow]:
         """Queued files whose back-off has passed, oldest job first, in manifest order."""
         skip_ids = list(skip)

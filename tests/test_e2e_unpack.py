@@ -100,3 +100,28 @@ expect_files = {count}
             error = shown["job_steps"]["error"]
             assert error["code"] == "layout.count_mismatch", error
             assert "99" in error["message"]
+
+
+def test_completed_copy_in_a_watched_folder_is_verified_and_extracted(tmp_path: Path) -> None:
+    members = {"w/a.txt": b"watched" * 100}
+    archive = tar_gz(members)
+    watch = tmp_path / "client-done"
+    dead = "http://127.0.0.1:9/nowhere.tar.gz"  # nothing listens: the mirror keeps failing
+    with DaemonProcess(tmp_path / "d", unpack={"watch_dirs": [str(watch)]}) as d:
+        d.drop("w.toml", manifest("w", dead, archive))
+        d.wait_for(lambda: (j := d.job("w")) and j["state"] in ("queued", "fetching"), 10, "job")
+        # A damaged copy under the right name is refused, and said so.
+        (watch / "sub").mkdir(parents=True)
+        (watch / "sub" / "w.tar.gz").write_bytes(archive[:-10] + b"0123456789")
+        d.wait_for(lambda: "not used" in d.log(), 15, "the damaged copy to be refused")
+        assert d.job("w")["state"] != "done"
+        (watch / "sub" / "w.tar.gz").unlink()
+        # A good copy moved in completes the job without the mirror.
+        staged = tmp_path / "staged.tar.gz"
+        staged.write_bytes(archive)
+        staged.rename(watch / "w.tar.gz")
+        d.wait_job("w", "done", timeout=30)
+        assert (d.data / "w/extracted/w/a.txt").read_bytes() == members["w/a.txt"]
+        f = d.call({"cmd": "show", "job": "w"})["files"][0]
+        assert f["source"] == "watched"
+    assert (watch / "w.tar.gz").exists()  # the watched copy itself is left alone

@@ -1,4 +1,4 @@
-"""The inbox watcher with a real watchdog observer on a temporary folder."""
+"""The folder watcher with a real watchdog observer on a temporary folder."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import queue
 import time
 from pathlib import Path
 
-from acquired.daemon.inbox import InboxWatcher, is_candidate
+from acquired.daemon.inbox import FolderWatcher, is_candidate
 
 
-def collect(inbox: Path) -> tuple[InboxWatcher, queue.Queue[Path]]:
+def collect(folder: Path, recursive: bool = False) -> tuple[FolderWatcher, queue.Queue[Path]]:
     seen: queue.Queue[Path] = queue.Queue()
-    watcher = InboxWatcher(inbox, seen.put)
+    watcher = FolderWatcher(folder, seen.put, recursive=recursive)
     return watcher, seen
 
 
@@ -29,7 +29,16 @@ def drain(seen: queue.Queue[Path], wait: float) -> list[str]:
 def test_candidates() -> None:
     assert is_candidate(Path("a.toml"))
     assert is_candidate(Path("b.json"))
-    for name in (".hidden.toml", "a.toml~", ".a.toml.swp", "#a.toml#", "x.tmp", "a.toml.error.txt"):
+    for name in (
+        ".hidden.toml",
+        "a.toml~",
+        ".a.toml.swp",
+        "#a.toml#",
+        "x.tmp",
+        "a.toml.error.txt",
+        "x.iso.!qB",
+        "big.zip.part",
+    ):
         assert not is_candidate(Path(name)), name
 
 
@@ -40,7 +49,6 @@ def test_existing_files_are_picked_up_at_start(tmp_path: Path) -> None:
     watcher.start()
     try:
         assert drain(seen, 1.0) == ["old.toml"]
-        assert (tmp_path / "rejected").is_dir()
     finally:
         watcher.stop()
 
@@ -68,10 +76,26 @@ def test_moved_in_files_are_delivered_and_temporaries_ignored(tmp_path: Path) ->
     try:
         os.replace(outside, inbox / "moved.toml")
         (inbox / ".editor.swp").write_text("x")
+        (inbox / "rejected").mkdir()
         (inbox / "rejected" / "other.toml").write_text("x")  # not watched
         tmp = inbox / ".writing.tmp"
         tmp.write_text("x")
         os.replace(tmp, inbox / "renamed.toml")
         assert sorted(drain(seen, 1.5)) == ["moved.toml", "renamed.toml"]
+    finally:
+        watcher.stop()
+
+
+def test_recursive_watch_sees_completed_downloads_in_subfolders(tmp_path: Path) -> None:
+    watcher, seen = collect(tmp_path, recursive=True)
+    watcher.start()
+    try:
+        sub = tmp_path / "client" / "done"
+        sub.mkdir(parents=True)
+        partial = sub / "set.tar.part"
+        partial.write_bytes(b"x" * 10)
+        assert drain(seen, 1.0) == []  # a partial download is not complete
+        os.replace(partial, sub / "set.tar")
+        assert drain(seen, 1.5) == ["set.tar"]
     finally:
         watcher.stop()

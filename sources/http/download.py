@@ -779,7 +779,7 @@ class HttpDownload:
                 f"the file changed under the download {restarts} times: {reason}",
                 reason=reason,
             )
-        log.warning("restarting %s from zero: %s", self.request.dest.name, reason)
+        log.debug("restarting %s from zero: %s", self.request.dest.name, reason)
         with self._state_lock:
             self._part.truncate(0)
             self._plan = None
@@ -1072,7 +1072,7 @@ class HttpDownload:
                 url=mirror.url,
                 reason=reason,
             )
-        log.warning("restarting %s from zero: %s", self.request.dest.name, reason)
+        log.debug("restarting %s from zero: %s", self.request.dest.name, reason)
         with self._state_lock:
             self._part.truncate(0)
             self._offset = 0
@@ -1199,7 +1199,7 @@ class HttpDownload:
                 delay = max(float(retry_after), 0.0)
             mirror.not_before = time.monotonic() + delay
             self._cond.notify_all()
-        log.info("retrying %s in %.1fs (try %d): %s", mirror.url, delay, mirror.tries, exc)
+        log.debug("retrying %s in %.1fs (try %d): %s", mirror.url, delay, mirror.tries, exc)
         self._emit(Retrying(mirror.url, mirror.tries, delay, str(exc)))
 
     def _drop(self, mirror: Mirror, exc: HttpError) -> None:
@@ -1207,7 +1207,7 @@ class HttpDownload:
             return
         mirror.dropped = exc
         mirror.last_error = exc
-        log.warning("dropping mirror %s: %s", mirror.url, exc)
+        log.debug("dropping mirror %s: %s", mirror.url, exc)
         self._emit(MirrorDropped(mirror.url, exc.code, str(exc)))
 
     def _final_error(self) -> HttpError:
