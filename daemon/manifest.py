@@ -660,7 +660,7 @@ class Manifest(_Strict):
     @property
     def has_job_steps(self) -> bool:
         """Whether anything runs once every file is done."""
-        return bool(self.checksums or self.layout or self.listing)
+        return bool(self.pip or self.checksums or self.layout or self.listing)
 
     def relative_paths(self) -> list[tuple[str, str]]:
         """Every (field path, path relative to the destination) the job writes or reads,

@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import random
+import re
 import shutil
 import threading
 import time
@@ -76,6 +77,7 @@ from acquired.sources.choice import (
 )
 from acquired.sources.http import FileRequest, HttpDownload, HttpOptions
 from acquired.sources.http import events as http_events
+from acquired.sources.http.pip_mirrors import prefetch_wheels
 from acquired.sources.http.ratelimit import RateLimiter
 from acquired.sources.torrent import TorrentEngine, TorrentRequest
 from acquired.sources.torrent import events as tev
@@ -1134,8 +1136,18 @@ class Service:
         def progress(label: str, done: int, total: int) -> None:
             self.post(JobStepProgress(job_id, token, label, done, total))
 
+        pip = manifest.pip
+
         def work() -> None:
             try:
+                if pip is not None:
+                    progress(f"pip download into {pip.target}", 0, 1)
+                    # Rank the indexes on a project the job needs: a private index may
+                    # not carry pip itself.
+                    project = re.split(r"[^A-Za-z0-9._-]", pip.requirements[0], maxsplit=1)[0]
+                    prefetch_wheels(
+                        pip.requirements, job_root / pip.target, pip.index_urls, project=project
+                    )
                 finish_job(
                     job_root,
                     checksums=checksums,

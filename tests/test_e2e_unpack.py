@@ -125,3 +125,33 @@ def test_completed_copy_in_a_watched_folder_is_verified_and_extracted(tmp_path: 
         f = d.call({"cmd": "show", "job": "w"})["files"][0]
         assert f["source"] == "watched"
     assert (watch / "w.tar.gz").exists()  # the watched copy itself is left alone
+
+
+def test_pip_section_prefetches_wheels_from_the_best_index(tmp_path: Path) -> None:
+    from test_pip_mirror import build_wheel, make_index
+
+    name, wheel = build_wheel("tinypkg", "1.0")
+    root = make_index(tmp_path / "index", {"tinypkg": [(name, wheel)]})
+    data = b"payload"
+    with HttpTestServer() as server:
+        server.add_tree("/", root)
+        url = server.add("/data.bin", data)
+        text = f"""
+manifest_version = 1
+name = "py"
+destination = "py"
+
+[[files]]
+path = "data.bin"
+sha256 = "{hashlib.sha256(data).hexdigest()}"
+sources.mirrors = ["{url}"]
+
+[pip]
+requirements = ["tinypkg==1.0"]
+target = "wheels"
+index_urls = ["http://127.0.0.1:9/simple", "{server.url("/simple")}"]
+"""
+        with DaemonProcess(tmp_path / "d") as d:
+            d.drop("py.toml", text)
+            d.wait_job("py", "done", timeout=120)
+            assert (d.data / "py/wheels" / name).read_bytes() == wheel
