@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import MiB, Nginx, parse_size, sha256_file
+
 ROOT = Path(__file__).resolve().parents[1]
-MiB = 1 << 20
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 SIZE = parse_size(os.environ.get("BENCH_HTTP_SIZE", "2G"))
@@ -88,98 +80,6 @@ def child_main(spec_path: str) -> int:
     )
     HttpDownload(request, options, on_event).run()
     return 0
-
-
-# -- nginx ----------------------------------------------------------------------------------
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class Nginx:
-    """nginx in the foreground: an unthrottled server and two per-connection limited ones."""
-
-    def __init__(self, work: Path, data_dir: Path) -> None:
-        self.prefix = work / "nginx"
-        self.prefix.mkdir(parents=True, exist_ok=True)
-        self.ports = {
-            "fast": ("127.0.0.1", free_port("127.0.0.1")),
-            "far1": ("127.0.0.1", free_port("127.0.0.1")),
-            "far2": ("127.0.0.2", free_port("127.0.0.2")),
-        }
-        self.log = self.prefix / "access.log"
-        user = "user root;" if os.geteuid() == 0 else ""
-        servers = []
-        for name, (host, port) in self.ports.items():
-            limit = "" if name == "fast" else f"limit_rate {RATE};"
-            servers.append(f"server {{ listen {host}:{port}; root {data_dir}; {limit} }}")
-        temp = "\n".join(
-            f"  {kind}_temp_path {self.prefix}/{kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        conf = f"""
-{user}
-worker_processes auto;
-error_log {self.prefix}/error.log warn;
-pid {self.prefix}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  log_format bench '$server_port $status $body_bytes_sent';
-  access_log {self.log} bench;
-  default_type application/octet-stream;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000;
-{temp}
-  {" ".join(servers)}
-}}
-"""
-        self.conf = self.prefix / "nginx.conf"
-        self.conf.write_text(conf)
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        host, port = self.ports["fast"]
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((host, port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise SystemExit(f"nginx did not start: {err}") from None
-                time.sleep(0.05)
-        raise SystemExit("nginx did not start listening")
-
-    def url(self, name: str) -> str:
-        host, port = self.ports[name]
-        return f"http://{host}:{port}/data.bin"
-
-    def log_offset(self) -> int:
-        return self.log.stat().st_size if self.log.exists() else 0
-
-    def served_since(self, offset: int) -> int:
-        """Body bytes nginx sent since the log was at ``offset`` (finished requests)."""
-        time.sleep(0.5)  # let nginx log the requests of killed clients
-        total = 0
-        with self.log.open() as f:
-            f.seek(offset)
-            for line in f:
-                parts = line.split()
-                if len(parts) == 3 and parts[2].isdigit():
-                    total += int(parts[2])
-        return total
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGQUIT)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # -- running the contenders -----------------------------------------------------------------
@@ -225,14 +125,6 @@ def run_measured(cmd: list[str], *, timeout: float) -> tuple[float, float, int]:
         time.sleep(0.005)
     seconds = time.monotonic() - started
     return seconds, peak, proc.returncode
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def command(tool: str, urls: list[str], out: Path, work: Path, connections: int) -> list[str]:
@@ -376,7 +268,11 @@ def main() -> int:
     print(f"== HTTP benchmark: {SIZE / MiB:.0f} MiB file, far mirrors at {RATE}/connection")
     print(f"   {os.cpu_count()} CPUs; figures measured in one run (machine possibly under load)")
     DIGEST = make_data(data_dir / "data.bin")
-    nginx = Nginx(work, data_dir)
+    nginx = Nginx(
+        work,
+        data_dir,
+        {"fast": ("127.0.0.1", None), "far1": ("127.0.0.1", RATE), "far2": ("127.0.0.2", RATE)},
+    )
     timeout = max(600.0, SIZE / (5 * MiB))
     results: dict[str, dict[str, Run]] = {}
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import libtorrent as lt
+from common import MiB, free_port, parse_size, sha256_file
 from support.torrent_swarm import (
     LOOPBACK_SESSION,
     EventLog,
@@ -38,14 +38,6 @@ from acquired.sources.torrent import (
     TorrentRequest,
 )
 
-MiB = 1 << 20
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    return int(float(text[:-1] if text[-1:] in "KMG" else text) * mult)
-
 
 def write_payload(path: Path, size: int) -> str:
     h = hashlib.sha256()
@@ -62,11 +54,6 @@ def write_payload(path: Path, size: int) -> str:
             left -= len(chunk)
             i += 1
     return h.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def rate(size: int, seconds: float) -> str:
@@ -121,12 +108,6 @@ def run_engine(
     finally:
         engine.stop()
     return transfer, ready
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_aria2(torrent_path: Path, out: Path) -> float | None:
