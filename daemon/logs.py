@@ -285,10 +285,13 @@ def follow_log_file(
     job: str | None = None,
     poll: float = 0.25,
     stop: Callable[[], bool] = lambda: False,
+    history: int | None = 0,
 ) -> Iterator[dict[str, Any]]:
     """New entries appended to the local log file, across rotations, until ``stop()``.
 
-    Starts at the current end of the file. A rotation shows as the path naming another
+    ``history``: how many earlier entries to yield first (None: all, 0: none, start at
+    the end). They are read through the same open file that is then followed, so no
+    entry written meanwhile is lost or shown twice. A rotation shows as the path naming another
     file (inode) or a file shorter than what was read. The rest of the old file is read,
     then the rotated files written after it (found by the old file's inode among
     ``acquired.log.N``), then the new file from its start, so nothing is skipped even when
@@ -330,7 +333,18 @@ def follow_log_file(
         if at_end:
             handle.seek(0, os.SEEK_END)
 
-    open_current(at_end=True)
+    open_current(at_end=history == 0)
+    if history != 0:
+        backups = [path.with_name(f"{path.name}.{i}") for i in range(LOG_FILE_BACKUPS, 0, -1)]
+        earlier: list[dict[str, Any]] = []
+        for backup in backups:
+            try:
+                earlier += entries(backup.read_text("utf-8", "replace"), final=True)
+            except FileNotFoundError:
+                continue
+        if handle is not None:
+            earlier += entries(handle.read())
+        yield from earlier if history is None else earlier[-history:]
     try:
         while not stop():
             if handle is None:

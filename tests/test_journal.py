@@ -315,3 +315,28 @@ def test_acquirectl_logs_follow(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(30)
     assert code == 0
+
+
+def test_follow_with_history_loses_nothing_written_in_between(tmp_path: Path) -> None:
+    path = tmp_path / "acquired.log"
+    _write_log(path)
+    gen = follow_log_file(path, poll=0.01, history=2)
+    try:
+        # the history comes through the handle that is then followed: a line written
+        # right after it was shown is the next one out
+        assert [next(gen)["message"], next(gen)["message"]] == ["mirror slow", "failed"]
+        with path.open("a") as handle:
+            handle.write(json.dumps({"ts": 5, "level": "info", "message": "right after"}) + "\n")
+        assert next(gen)["message"] == "right after"
+    finally:
+        gen.close()
+    everything = follow_log_file(path, history=None)
+    try:
+        assert [next(everything)["message"] for _ in range(4)] == [
+            "job added",
+            "mirror slow",
+            "failed",
+            "right after",
+        ]
+    finally:
+        everything.close()

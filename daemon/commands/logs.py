@@ -121,9 +121,10 @@ def file_entries(
     path: Path, job: str | None, lines: int | None, follow: bool
 ) -> Iterator[dict[str, Any]]:
     """Entries of the local log file; with ``follow``, then the new ones until interrupted."""
-    yield from read_log_file(path, job=job, lines=lines)
     if follow:
-        yield from follow_log_file(path, job=job)
+        yield from follow_log_file(path, job=job, history=lines)
+    else:
+        yield from read_log_file(path, job=job, lines=lines)
 
 
 def write_entries(entries: Iterable[dict[str, Any]], out: TextIO, as_json: bool) -> int:
