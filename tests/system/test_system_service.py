@@ -247,6 +247,15 @@ def test_journal_has_structured_lines(ct: Container) -> None:
     # readable by root and the groups adm/systemd-journal)
     logs = ct.run(["acquirectl", "--socket", SOCKET, "logs", "small", "--lines", "50"]).check()
     assert "small" in logs.stdout and "done" in logs.stdout, logs.stdout
+    assert "[small" in logs.stdout
+    # an operator who may not read the journal gets the daemon's local log instead
+    mine = _as_operator(ct, "cd ~ && acquirectl logs small --json")
+    assert mine.returncode == 0, mine
+    entries = [json.loads(line) for line in mine.stdout.splitlines()]
+    assert entries and all(e["job"] == "small" for e in entries)
+    assert any("done" in e["message"] for e in entries)
+    # (the journal really is closed to her: that is why the file was used)
+    assert _as_operator(ct, "journalctl -q -n 1 SYSLOG_IDENTIFIER=acquired").stdout == ""
 
 
 def test_reload(ct: Container) -> None:
