@@ -27,6 +27,7 @@ from nspawn_harness import (
 )
 
 UNIT = "acquired.service"
+SETUP_TIMEOUT = 1500
 _skipped: list[str] = []
 
 
@@ -37,6 +38,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         path = Path(str(item.fspath))
         if path.parent == here and path.name.startswith("test_system_"):
             item.add_marker(pytest.mark.system)
+            # the first test also pays for the container: apt, debootstrap, the venv
+            item.add_marker(pytest.mark.timeout(SETUP_TIMEOUT))
             if reason:
                 item.add_marker(pytest.mark.skip(reason=f"system test not run: {reason}"))
                 if not _skipped:
