@@ -20,6 +20,7 @@ from acquired.daemon.errors import describe
 from acquired.daemon.inbox import FolderWatcher
 from acquired.daemon.logs import setup_logging
 from acquired.daemon.messages import InboxFile, Reload, TorrentEvent, WatchedFile
+from acquired.daemon.metrics import Metrics
 from acquired.daemon.notify import Notifier
 from acquired.daemon.service import VERSION, Service
 from acquired.daemon.store import Store
@@ -64,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         info = describe(exc)
         LOG.error("%s (%s)", info.message, info.hint, extra={"code": info.code})
         return 1
-    service = Service(config, store, notifier=notifier)
+    metrics = Metrics()
+    try:
+        if metrics.start(config.metrics.listen):
+            LOG.info("metrics on %s", metrics.url())
+    except Exception as exc:
+        info = describe(exc)
+        LOG.error("metrics endpoint not started: %s", info.message, extra={"code": info.code})
+    service = Service(config, store, notifier=notifier, metrics=metrics)
     try:
         engine = TorrentEngine(
             engine_settings(config),
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         for watcher in watchers:
             watcher.stop()
         control.stop()
+        metrics.stop()
         store.close()
     LOG.info("acquired stopped")
     return 0

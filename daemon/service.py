@@ -57,6 +57,7 @@ from acquired.daemon.messages import (
     WatchedFile,
     WatchedMatch,
 )
+from acquired.daemon.metrics import Metrics
 from acquired.daemon.notify import Notifier, format_status
 from acquired.daemon.states import FileState, after_command, job_is_active, job_state
 from acquired.daemon.store import FileRow, NewFile, Store
@@ -196,11 +197,14 @@ class Service:
         store: Store,
         *,
         notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
         disk_usage: Callable[[Path], tuple[int, int]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.notifier = notifier or Notifier()
+        # Always recorded; exposed over HTTP only when [metrics] listen is set.
+        self.metrics = metrics or Metrics()
         self._disk_usage = disk_usage or _disk_usage
         self.queue: queue.Queue[Message] = queue.Queue()
         self.active: dict[int, Active] = {}
@@ -646,6 +650,7 @@ class Service:
                     self.store.save_checkpoint(message.file_id, ev.state, done)
             return
         if isinstance(ev, http_events.Progress):
+            self.metrics.observe_bytes("http", ev.done - act.bytes_done)
             act.bytes_done = ev.done
             act.rate = ev.rate
             used = [m for m in ev.mirrors if m.connections]
@@ -853,6 +858,7 @@ class Service:
             whole = sum(sizes)
             for a, size in zip(acts, sizes, strict=True):
                 share = size / whole if whole else 1 / len(acts)
+                self.metrics.observe_bytes("torrent", int(ev.done * share) - a.bytes_done)
                 a.bytes_done = int(ev.done * share)
                 a.rate = ev.rate * share
                 a.detail = f"{ev.peers} peers, {ev.seeds} seeds"
@@ -1048,11 +1054,13 @@ class Service:
 
         def work() -> None:
             # Hashing a large file takes a while: not on the state thread.
+            started = time.monotonic()
             try:
                 match = match_completed(path, candidates)
             except Exception as exc:
                 self.post(WatchedMatch(path, None, exc))
             else:
+                self.metrics.observe_verify(time.monotonic() - started)
                 self.post(WatchedMatch(path, int(match.key) if match else None, None))
 
         threading.Thread(target=work, name=f"match-{path.name}", daemon=True).start()
@@ -1208,12 +1216,15 @@ class Service:
             return  # its job was replaced or removed meanwhile
         if message.error is None:
             if act.kind == "unpack":
+                self.metrics.observe_extract(time.monotonic() - act.started)
                 self.store.set_state(row.id, FileState.DONE)
                 self._event("info", "done (unpacked)", job_id=row.job_id, row=row)
                 self._maybe_finish(row.job_id)
             else:
                 digests = getattr(message.result, "digests", None)
                 size = int(getattr(message.result, "size", act.bytes_done))
+                # The bytes that arrived after the last progress report.
+                self.metrics.observe_bytes(act.kind, size - act.bytes_done)
                 self._fetched(row, digests, size=size)
             return
         if act.stop_reason is not None:
@@ -1289,6 +1300,7 @@ class Service:
         self._fail(row, info)
 
     def _fail(self, row: FileRow, info: ErrorInfo) -> None:
+        self.metrics.failure(info.code)
         self.store.set_state(row.id, FileState.FAILED, reason=info.message, error=info.as_dict())
         self._event(
             "error",
@@ -1514,10 +1526,12 @@ class Service:
 
     def _publish_status(self) -> None:
         now = time.monotonic()
-        if now - self._last_status < 2.0 or not self.notifier.enabled:
+        if now - self._last_status < 2.0:
             return
         self._last_status = now
-        self.notifier.status(format_status(self.snapshot()))
+        snapshot = self.snapshot()
+        self.metrics.update_from_snapshot(snapshot)
+        self.notifier.status(format_status(snapshot))
 
     def _apply_config(self, new: Config) -> None:
         old = self.config
@@ -1529,6 +1543,12 @@ class Service:
                 setattr(new, name, getattr(old, name))
         self.config = new
         self.limiter.set_rate(new.bandwidth_limit or None)
+        if new.metrics.listen != old.metrics.listen:
+            try:
+                self.metrics.restart(new.metrics.listen)
+            except Exception as exc:
+                info = describe(exc)
+                LOG.error("metrics endpoint: %s", info.message, extra={"code": info.code})
         if self.torrents is not None:
             self.torrents.set_rate_limits(new.bandwidth_limit, 0)
         logging.getLogger("acquired").setLevel(new.log_level.upper())

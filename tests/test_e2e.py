@@ -341,3 +341,32 @@ def test_sighup_reloads_and_bad_config_keeps_old(tmp_path: Path) -> None:
         d.wait_for(lambda: "configuration not reloaded" in d.log(), 10, "the refusal")
         assert "max_concurrent_files" in d.log()
         assert d.call({"cmd": "ping"})
+
+
+def test_metrics_endpoint_counts_what_the_daemon_did(
+    tmp_path: Path, server: HttpTestServer
+) -> None:
+    import re
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = payload(3_000_000, 9)
+    url = server.add("/m.bin", data)
+    text = manifest(
+        "met", [{"path": "m.bin", "sha256": hashlib.sha256(data).hexdigest(), "mirrors": [url]}]
+    )
+    with DaemonProcess(tmp_path, metrics={"listen": f"127.0.0.1:{port}"}) as d:
+        d.drop("met.toml", text)
+        d.wait_job("met", "done")
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        # Gauges follow the status tick (every 2 s); counters move at once.
+        body = d.wait_for(lambda: 'acquired_files{state="done"} 1.0' in (t := scrape()) and t, 10)
+        got = re.search(r'acquired_bytes_total\{source="http"\} (\S+)', body)
+        assert got is not None and float(got.group(1)) >= len(data), body
