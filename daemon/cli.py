@@ -22,6 +22,8 @@ from acquired.daemon.config import Config
 from acquired.daemon.control import request
 from acquired.daemon.errors import describe
 from acquired.daemon.manifest import manifest_schema
+from acquired.daemon.tui import render_status
+from acquired.daemon.units import format_bytes
 
 SYSTEM_CONFIG = Path("/etc/acquired/acquired.toml")
 COMMAND_FAMILIES = ("mirrors", "doctor", "top", "logs")
@@ -57,45 +59,7 @@ def call(args: argparse.Namespace, payload: dict[str, Any]) -> Any:
     return request(socket_path(args), payload)
 
 
-# -- rendering --------------------------------------------------------------------------------
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def human_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-def render_jobs(snapshot: dict[str, Any]) -> Table:
-    table = Table(title="acquired", expand=False)
-    for col in ("job", "state", "files", "done/total", "speed", "ETA", "source / reason"):
-        table.add_column(col)
-    for job in snapshot["jobs"]:
-        total = job["bytes_total"]
-        pct = f" ({100 * job['bytes_done'] / total:.0f}%)" if total else ""
-        table.add_row(
-            job["id"],
-            job["state"],
-            f"{job['files_done']}/{job['files_total']}",
-            f"{human_bytes(job['bytes_done'])}/{human_bytes(total)}{pct}",
-            f"{human_bytes(job['speed'])}/s" if job["speed"] else "-",
-            human_eta(job["eta"]),
-            job["source"] or job["reason"] or "",
-        )
-    return table
+# -- commands ---------------------------------------------------------------------------------
 
 
 def print_json(value: Any) -> None:
@@ -110,13 +74,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(snapshot)
         return 0
-    console = Console()
-    try:
-        from acquired.daemon.tui import render_status
-    except ImportError:
-        console.print(render_jobs(snapshot))
-    else:
-        console.print(render_status(snapshot))
+    Console().print(render_status(snapshot))
     return 0
 
 
@@ -134,18 +92,28 @@ def cmd_show(args: argparse.Namespace) -> int:
         table.add_column(col)
     for f in job["files"]:
         err = f["error"]
-        note = f["reason"] or ""
+        notes = [f["reason"] or ""]
         if err and f["state"] == "failed":
-            note = f"{err['code']}: {err['message']}\nhint: {err['hint']}"
+            notes = [f"{err['code']}: {err['message']}", f"hint: {err['hint']}"]
+        if f.get("plan"):
+            notes.append(f"source: {f['plan']['reason']}")
+        size = format_bytes(f["size"]) if f["size"] is not None else "?"
+        source = " · ".join(x for x in (f["source"], f.get("detail")) if x)
         table.add_row(
             f["path"],
             f["state"],
-            f"{human_bytes(f['bytes_done'])}/{human_bytes(f['size'])}",
+            f"{format_bytes(f['bytes_done'])}/{size}",
             str(f["attempts"]),
-            f["source"] or "",
-            note,
+            source,
+            "\n".join(n for n in notes if n),
         )
     console.print(table)
+    steps = job.get("job_steps") or {}
+    if steps.get("state"):
+        console.print(f"job steps: {steps['state']}")
+        if steps.get("error"):
+            err = steps["error"]
+            console.print(f"  {err['code']}: {err['message']}\n  hint: {err['hint']}")
     for ev in job["events"][-10:]:
         console.print(f"  {ev['level']:7} {ev['message']}", highlight=False)
     return 0
@@ -208,13 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     for family in COMMAND_FAMILIES:
-        name = f"acquired.daemon.commands.{family}"
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+        module = importlib.import_module(f"acquired.daemon.commands.{family}")
         register: Callable[[Any], None] = module.register
         register(sub)
     return parser

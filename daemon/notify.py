@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from acquired.daemon.units import format_rate
 from systemd import daemon as sd_daemon
 
 #: How many pings per watchdog period ``watchdog()`` lets through at most. systemd's
@@ -135,21 +136,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def human_rate(rate: float | None) -> str:
-    """Bytes per second as ``45.2 MB/s`` (decimal units, as download tools show them)."""
-    return f"{human_bytes(rate or 0)}/s"
-
-
-def human_bytes(n: float | None) -> str:
-    """Bytes with a decimal unit: ``0 B``, ``999 B``, ``1.5 kB``, ``170.5 MB``."""
-    value = float(n or 0)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 999.95:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} PB"
-
-
 def format_status(snapshot: Mapping[str, Any]) -> str:
     """The ``STATUS=`` line from a status snapshot (docs/architecture.md).
 
@@ -159,7 +145,7 @@ def format_status(snapshot: Mapping[str, Any]) -> str:
     counts = snapshot.get("counts") or {}
     active = snapshot.get("active") or []
     speed = sum(float(item.get("speed") or 0) for item in active)
-    parts = [f"{int(counts.get('active', len(active)) or 0)} active", human_rate(speed)]
+    parts = [f"{int(counts.get('active', len(active)) or 0)} active", format_rate(speed)]
     for key in ("queued", "paused"):
         if counts.get(key):
             parts.append(f"{int(counts[key])} {key}")

@@ -25,7 +25,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from acquired.daemon.notify import human_bytes, human_rate
+from acquired.daemon.units import format_bytes, format_duration, format_rate
 
 #: Recent events shown under the transfers, and job rows shown at most.
 MAX_EVENTS = 8
@@ -45,25 +45,11 @@ _STATE_STYLES = {
 }
 
 
-def human_duration(seconds: float | None) -> str:
-    """``45s``, ``3m07s``, ``2h05m``, ``3d04h``; ``-`` when unknown."""
-    if seconds is None or seconds < 0:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def _bytes_pair(done: float | None, total: float | None) -> str:
     if not total:
-        return human_bytes(done)
+        return format_bytes(done)
     # one unit for both, chosen by the total: "70.0/170.5 MB"
-    value, unit = human_bytes(total).split(" ")
+    value, unit = format_bytes(total).split(" ")
     scale = float(total) / float(value) if float(value) else 1.0
     done_text = f"{(done or 0) / scale:.1f}" if unit != "B" else f"{int(done or 0)}"
     return f"{done_text}/{value} {unit}"
@@ -80,7 +66,7 @@ def header(snapshot: Mapping[str, Any]) -> Text:
     d = snapshot.get("daemon") or {}
     text = Text()
     text.append(f"acquired {d.get('version', '?')}", style="bold")
-    text.append(f" · pid {d.get('pid', '?')} · up {human_duration(d.get('uptime'))}")
+    text.append(f" · pid {d.get('pid', '?')} · up {format_duration(d.get('uptime'))}")
     if d.get("data_root"):
         text.append(f" · data {d['data_root']}")
     return text
@@ -93,7 +79,7 @@ def summary(snapshot: Mapping[str, Any]) -> Text:
     speed = sum(float(a.get("speed") or 0) for a in active)
     text = Text()
     text.append(f"{int(counts.get('active', len(active)) or 0)} active", style="bold")
-    text.append(f" · {human_rate(speed)}")
+    text.append(f" · {format_rate(speed)}")
     for key in ("queued", "paused"):
         if counts.get(key):
             text.append(f" · {int(counts[key])} {key}", style=_STATE_STYLES[key])
@@ -113,9 +99,9 @@ def resources(snapshot: Mapping[str, Any]) -> Text | None:
     parts: list[Text] = []
     free, reserve = d.get("disk_free"), d.get("disk_reserve")
     if free is not None:
-        disk = f"disk {human_bytes(free)} free"
+        disk = f"disk {format_bytes(free)} free"
         if reserve:
-            disk += f" (reserve {human_bytes(reserve)})"
+            disk += f" (reserve {format_bytes(reserve)})"
         style = ""
         if reserve and free <= reserve:
             disk += " FULL: downloads wait for space"
@@ -175,8 +161,8 @@ def transfers_table(active: Sequence[Mapping[str, Any]], width: int) -> Table:
         cells += [
             _percent(done, total),
             _bytes_pair(done, total),
-            human_rate(speed) if speed else "-",
-            human_duration(item.get("eta")),
+            format_rate(speed) if speed else "-",
+            format_duration(item.get("eta")),
             _source_cell(item),
         ]
         table.add_row(*cells)

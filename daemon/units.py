@@ -311,12 +311,34 @@ def parse_host_port(value: str, *, allow_port_zero: bool = False) -> tuple[str, 
     return host, port
 
 
+# -- showing sizes, rates and durations to people ---------------------------------------------
+
+
 def format_bytes(n: float | None) -> str:
-    """A size for people, in SI units like the rates: ``"170.5 MB"``; ``"?"`` if unknown."""
-    if n is None:
-        return "?"
+    """Bytes with a decimal unit, as download tools show them: ``0 B``, ``999 B``,
+    ``1.5 kB``, ``170.5 MB``."""
+    value = float(n or 0)
     for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # unreachable; keeps mypy sure of the return
+        if abs(value) < 999.95:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"
+
+
+def format_rate(rate: float | None) -> str:
+    """Bytes per second as ``45.2 MB/s``."""
+    return f"{format_bytes(rate or 0)}/s"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``45s``, ``3m07s``, ``2h05m``, ``3d04h``; ``-`` when unknown."""
+    if seconds is None or seconds < 0:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

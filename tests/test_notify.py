@@ -9,7 +9,8 @@ import sys
 import pytest
 from support.notify_socket import NotifySocket, parse
 
-from acquired.daemon.notify import Notifier, format_status, human_bytes, human_rate
+from acquired.daemon.notify import Notifier, format_status
+from acquired.daemon.units import format_bytes, format_rate
 
 
 @pytest.fixture
@@ -151,9 +152,9 @@ def test_format_status_line() -> None:
     ],
 )
 def test_human_bytes(value: float | None, text: str) -> None:
-    assert human_bytes(value) == text
+    assert format_bytes(value) == text
 
 
 def test_human_rate() -> None:
-    assert human_rate(45.2e6) == "45.2 MB/s"
-    assert human_rate(None) == "0 B/s"
+    assert format_rate(45.2e6) == "45.2 MB/s"
+    assert format_rate(None) == "0 B/s"

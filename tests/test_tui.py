@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from acquired.daemon.tui import human_duration, render_status, render_unreachable
+from acquired.daemon.tui import render_status, render_unreachable
+from acquired.daemon.units import format_duration
 
 SNAPSHOT: dict[str, Any] = {
     "daemon": {
@@ -266,4 +267,4 @@ def test_unreachable_keeps_the_last_picture() -> None:
     ],
 )
 def test_human_duration(seconds: float | None, text: str) -> None:
-    assert human_duration(seconds) == text
+    assert format_duration(seconds) == text
