@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics()
     try:
         if metrics.start(config.metrics.listen):
-            LOG.info("metrics on %s", metrics.url())
+            LOG.info("metrics on %s", metrics.url)
     except Exception as exc:
         info = describe(exc)
         LOG.error("metrics endpoint not started: %s", info.message, extra={"code": info.code})

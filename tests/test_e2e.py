@@ -370,3 +370,5 @@ def test_metrics_endpoint_counts_what_the_daemon_did(
         body = d.wait_for(lambda: 'acquired_files{state="done"} 1.0' in (t := scrape()) and t, 10)
         got = re.search(r'acquired_bytes_total\{source="http"\} (\S+)', body)
         assert got is not None and float(got.group(1)) >= len(data), body
+        assert f"metrics on http://127.0.0.1:{port}/metrics" in d.log()
+        assert "not started" not in d.log()
