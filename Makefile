@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv
-BENCH_APT_PACKAGES := nginx-light aria2 curl wget
+BENCH_APT_PACKAGES := nginx-light aria2 curl wget transmission-cli
 
-.PHONY: setup system-deps run test lint format bench install clean
+.PHONY: setup system-deps run test systest lint format bench install clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,12 @@ $(STAMP): pyproject.toml | system-deps
 run: setup
 	$(BIN)/acquired
 
+# As root this includes the system tests, which boot a real systemd in systemd-nspawn.
 test: setup lint
 	$(BIN)/pytest
+
+systest: setup
+	$(BIN)/pytest -m system tests/system
 
 lint: setup
 	$(BIN)/ruff check .
@@ -63,8 +67,8 @@ bench: setup
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Installs the service: package, units, sysusers/tmpfiles entries, default configuration.
-install: setup
+# Installs the service: its own venv, units, sysusers/tmpfiles entries, default configuration.
+install: system-deps
 	bash systemd/install.sh
 
 clean:
