@@ -169,27 +169,43 @@ def transfers_table(active: Sequence[Mapping[str, Any]], width: int) -> Table:
     return table
 
 
-def jobs_table(jobs: Sequence[Mapping[str, Any]], limit: int = MAX_JOBS) -> Table:
-    """Jobs that are not finished first, then the finished ones, at most ``limit``."""
-    order = {"failed": 0, "fetching": 1, "verifying": 1, "unpacking": 1, "paused": 2}
+def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int = 100, limit: int = MAX_JOBS) -> Table:
+    """Jobs that are not finished first, then the finished ones, at most ``limit``; speed
+    and ETA only where the width leaves the job's name room."""
+    order = {
+        "failed": 0,
+        "fetching": 1,
+        "verifying": 1,
+        "unpacking": 1,
+        "finishing": 1,
+        "paused": 2,
+    }
     ranked = sorted(jobs, key=lambda j: (order.get(str(j.get("state")), 3), str(j.get("id"))))
     table = Table(box=None, expand=True, pad_edge=False, show_edge=False, padding=(0, 1))
     table.add_column("job", ratio=2, no_wrap=True, overflow="ellipsis", min_width=8)
     table.add_column("state", no_wrap=True)
     table.add_column("files", justify="right", no_wrap=True)
     table.add_column("bytes", justify="right", no_wrap=True)
-    table.add_column("note", ratio=3, no_wrap=True, overflow="ellipsis")
+    timing = width >= NARROW
+    if timing:
+        table.add_column("speed", justify="right", no_wrap=True)
+        table.add_column("ETA", justify="right", no_wrap=True)
+    table.add_column("source / note", ratio=3, no_wrap=True, overflow="ellipsis")
     for job in ranked[:limit]:
         state = str(job.get("state") or "?")
-        table.add_row(
+        speed = job.get("speed")
+        cells: list[RenderableType] = [
             str(job.get("id", "?")),
             Text(state, style=_STATE_STYLES.get(state, "")),
             f"{job.get('files_done', 0)}/{job.get('files_total', 0)}",
             _bytes_pair(job.get("bytes_done"), job.get("bytes_total")),
-            str(job.get("reason") or job.get("source") or ""),
-        )
+        ]
+        if timing:
+            cells += [format_rate(speed) if speed else "-", format_duration(job.get("eta"))]
+        cells.append(str(job.get("reason") or job.get("source") or ""))
+        table.add_row(*cells)
     if len(ranked) > limit:
-        table.add_row(f"… {len(ranked) - limit} more", "", "", "", "")
+        table.add_row(f"… {len(ranked) - limit} more", *[""] * (len(table.columns) - 1))
     return table
 
 
@@ -236,7 +252,7 @@ class StatusView:
         jobs = snap.get("jobs") or []
         if jobs:
             yield Rule("jobs", style="dim", align="left")
-            yield jobs_table(jobs)
+            yield jobs_table(jobs, width)
         events = snap.get("events") or []
         if events:
             yield Rule("recent events", style="dim", align="left")

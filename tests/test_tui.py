@@ -142,9 +142,9 @@ file                        progress             %          bytes     speed    E
 cifar10/cifar-10-python.t…  ━━━━━━╸            41%  70.0/170.5 MB  1.5 MB/s  1m07s  http 2 mirrors
 lsun/church_outdoor_train…                                 1.6 MB  1.6 MB/s      -  torrent 14 peer…
 jobs ───────────────────────────────────────────────────────────────────────────────────────────────
-job                          state     files          bytes  note
-imagenet-val                 failed      1/2     6.4/6.7 GB  verify.digest_mismatch: sha256 differs
-cifar10                      fetching    0/1  70.0/170.5 MB  http
+job                   state     files          bytes     speed    ETA  source / note
+imagenet-val          failed      1/2     6.4/6.7 GB         -      -  verify.digest_mismatch: sha2…
+cifar10               fetching    0/1  70.0/170.5 MB  1.5 MB/s  1m07s  http
 recent events ──────────────────────────────────────────────────────────────────────────────────────
 22:13:20 info    cifar10  job added from cifar10.toml
 22:14:20 error   imagenet-val/ILSVRC2012_img_val.tar  sha256 mismatch"""
@@ -158,7 +158,7 @@ file                %          bytes     speed    ETA  source
 cifar10/cifar-…   41%  70.0/170.5 MB  1.5 MB/s  1m07s  http 2 m…
 lsun/church_ou…               1.6 MB  1.6 MB/s      -  torrent …
 jobs ───────────────────────────────────────────────────────────
-job           state     files          bytes  note
+job           state     files          bytes  source / note
 imagenet-val  failed      1/2     6.4/6.7 GB  verify.digest_mis…
 cifar10       fetching    0/1  70.0/170.5 MB  http
 recent events ──────────────────────────────────────────────────
