@@ -226,6 +226,21 @@ def events_lines(events: Sequence[Mapping[str, Any]], limit: int = MAX_EVENTS) -
     return Group(*lines)
 
 
+def seeding_lines(seeding: Sequence[Mapping[str, Any]]) -> Group:
+    """Finished torrents still seeding: ratio, peers and upload rate of each."""
+    return Group(
+        *(
+            Text(
+                f"{item.get('job', '?')}  ratio {float(item.get('ratio') or 0):.2f}"
+                f" · {int(item.get('peers') or 0)} peers · up {format_rate(item.get('upload'))}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+            for item in seeding
+        )
+    )
+
+
 class StatusView:
     """The whole status screen; lays itself out for the width it is rendered at."""
 
@@ -249,6 +264,10 @@ class StatusView:
             yield transfers_table(active, width)
         else:
             yield Text("no active transfers", style="dim")
+        seeding = snap.get("seeding") or []
+        if seeding:
+            yield Rule("seeding", style="dim", align="left")
+            yield seeding_lines(seeding)
         jobs = snap.get("jobs") or []
         if jobs:
             yield Rule("jobs", style="dim", align="left")

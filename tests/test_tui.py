@@ -268,3 +268,13 @@ def test_unreachable_keeps_the_last_picture() -> None:
 )
 def test_human_duration(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_seeding_torrents_show_ratio_and_peers() -> None:
+    snap = {
+        **EMPTY,
+        "seeding": [{"key": "k", "job": "imagenet", "ratio": 0.42, "peers": 3, "upload": 1.2e6}],
+    }
+    out = text_of(render_status(snap), 80)
+    assert "seeding" in out
+    assert "imagenet  ratio 0.42 · 3 peers · up 1.2 MB/s" in out
