@@ -153,10 +153,10 @@ def allocate(
             break  # every eligible host is at its cap
         alloc[best] += 1
         host_used[hosts[best]] = host_used.get(hosts[best], 0) + 1
-    # Connections the caps left over go to the slower mirrors rather than stay idle.
+    # Connections the caps left over go to the slower mirrors rather than stay idle, the
+    # fastest first; even one measured at 0 B/s is worth a try then (stall detection drops
+    # a connection that gets nothing).
     for u in sorted((u for u in urls if u not in eligible), key=lambda u: -weight[u]):
-        if weight[u] <= 0:
-            continue
         room = min(total - sum(alloc.values()), per_host - host_used.get(hosts[u], 0))
         if room > 0:
             alloc[u] += room

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,9 +145,12 @@ def test_sandbox_allows_libtorrent_and_extraction(ct: Container) -> None:
     filter, the address families, PrivateUsers ...)."""
     venv = str(ct.binds[0])
     dropin = "/etc/systemd/system/acquired.service.d/test-probe.conf"
+    # Copied in rather than run from the checkout: the unit's PrivateTmp hides a checkout
+    # that lives under /tmp (as CI's clones may).
+    probe_path = "/usr/local/lib/acquired-sandbox-probe.py"
+    ct.put((Path(__file__).parent / "sandbox_probe.py").read_text(), probe_path)
     ct.put(
-        "[Service]\nExecStart=\n"
-        f"ExecStart={venv}/bin/python {REPO}/tests/system/sandbox_probe.py\nRestart=no\n",
+        f"[Service]\nExecStart=\nExecStart={venv}/bin/python {probe_path}\nRestart=no\n",
         dropin,
     )
     ct.systemctl("daemon-reload").check()
