@@ -232,6 +232,22 @@ class Service:
         # Watched files being matched, and files whose transfer stops for a watched copy.
         self._matching: set[Path] = set()
         self._watched_for: dict[int, Path] = {}
+        # What the state thread does with each kind of message.
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            SourceEvent: self._on_source_event,
+            TorrentEvent: lambda m: self._on_torrent_event(m.event),
+            TransferEnded: self._on_transfer_ended,
+            StepProgress: self._on_step_progress,
+            SourceChosen: self._on_source_chosen,
+            TorrentAdded: self._on_torrent_added,
+            JobStepProgress: self._on_job_step_progress,
+            JobStepsEnded: self._on_job_steps_ended,
+            InboxFile: lambda m: self._on_inbox_file(m.path),
+            WatchedFile: lambda m: self._on_watched_file(m.path),
+            WatchedMatch: self._on_watched_match,
+            Request: lambda m: m.reply.set(self._on_request(m.payload)),
+            Reload: lambda m: self._apply_config(m.config),
+        }
 
     def attach_torrents(self, engine: TorrentEngine | None, why_not: str | None = None) -> None:
         """Use ``engine`` for torrent sources (None: torrents are unavailable, ``why_not``)."""
@@ -273,13 +289,17 @@ class Service:
                 message: Message | None = self.queue.get(timeout=TICK)
             except queue.Empty:
                 message = None
-            # Handle everything that is waiting before scheduling: progress events come
-            # in bursts and need no scheduling decision each.
+            # Handle what is waiting before scheduling (progress events come in bursts and
+            # need no scheduling decision each), but never so long that the watchdog
+            # goes without a ping.
+            until = time.monotonic() + TICK
             while message is not None:
                 if isinstance(message, Stop):
                     self._shutdown()
                     return
                 self._handle(message)
+                if time.monotonic() > until:
+                    break
                 try:
                     message = self.queue.get_nowait()
                 except queue.Empty:
@@ -290,32 +310,7 @@ class Service:
 
     def _handle(self, message: Message) -> None:
         try:
-            if isinstance(message, SourceEvent):
-                self._on_source_event(message)
-            elif isinstance(message, TorrentEvent):
-                self._on_torrent_event(message.event)
-            elif isinstance(message, TransferEnded):
-                self._on_transfer_ended(message)
-            elif isinstance(message, StepProgress):
-                self._on_step_progress(message)
-            elif isinstance(message, SourceChosen):
-                self._on_source_chosen(message)
-            elif isinstance(message, TorrentAdded):
-                self._on_torrent_added(message)
-            elif isinstance(message, JobStepProgress):
-                self._on_job_step_progress(message)
-            elif isinstance(message, JobStepsEnded):
-                self._on_job_steps_ended(message)
-            elif isinstance(message, InboxFile):
-                self._on_inbox_file(message.path)
-            elif isinstance(message, WatchedFile):
-                self._on_watched_file(message.path)
-            elif isinstance(message, WatchedMatch):
-                self._on_watched_match(message)
-            elif isinstance(message, Request):
-                message.reply.set(self._on_request(message.payload))
-            elif isinstance(message, Reload):
-                self._apply_config(message.config)
+            self._handlers[type(message)](message)
         except Exception:
             # The state thread must survive any single bad message; the bug is logged.
             LOG.exception("internal error while handling %s", type(message).__name__)

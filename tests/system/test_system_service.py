@@ -145,10 +145,14 @@ def test_sandbox_allows_libtorrent_and_extraction(ct: Container) -> None:
     filter, the address families, PrivateUsers ...)."""
     venv = str(ct.binds[0])
     dropin = "/etc/systemd/system/acquired.service.d/test-probe.conf"
-    # Copied in rather than run from the checkout: the unit's PrivateTmp hides a checkout
-    # that lives under /tmp (as CI's clones may).
-    probe_path = "/usr/local/lib/acquired-sandbox-probe.py"
-    ct.put((Path(__file__).parent / "sandbox_probe.py").read_text(), probe_path)
+    # Copied in (with the test helpers it imports, laid out as in tests/) rather than run
+    # from the checkout: the unit's PrivateTmp hides a checkout under /tmp, as CI's may be.
+    tests = Path(__file__).resolve().parents[1]
+    copy = "/usr/local/lib/acquired-probe"
+    probe_path = f"{copy}/system/sandbox_probe.py"
+    ct.put((tests / "system" / "sandbox_probe.py").read_text(), probe_path)
+    for helper in sorted((tests / "support").glob("*.py")):
+        ct.put(helper.read_text(), f"{copy}/support/{helper.name}")
     ct.put(
         f"[Service]\nExecStart=\nExecStart={venv}/bin/python {probe_path}\nRestart=no\n",
         dropin,
