@@ -73,6 +73,26 @@ def main(argv: list[str] | None = None) -> int:
         info = describe(exc)
         LOG.error("metrics endpoint not started: %s", info.message, extra={"code": info.code})
     service = Service(config, store, notifier=notifier, metrics=metrics)
+
+    # Handlers before anything can reach the daemon: a signal that arrives while it
+    # starts must not take the default action (SIGHUP would kill it).
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        LOG.info("received %s; stopping", signal.Signals(signum).name)
+        service.stop()
+
+    def on_reload(signum: int, frame: FrameType | None) -> None:
+        notifier.reloading()
+        try:
+            service.post(Reload(Config.load(args.config)))
+        except Exception as exc:
+            info = describe(exc)
+            LOG.error("configuration not reloaded: %s", info.message, extra={"code": info.code})
+        notifier.ready()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
+
     try:
         engine = TorrentEngine(
             engine_settings(config),
@@ -102,23 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for watcher in watchers:
         watcher.start()
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        LOG.info("received %s; stopping", signal.Signals(signum).name)
-        service.stop()
-
-    def on_reload(signum: int, frame: FrameType | None) -> None:
-        notifier.reloading()
-        try:
-            service.post(Reload(Config.load(args.config)))
-        except Exception as exc:
-            info = describe(exc)
-            LOG.error("configuration not reloaded: %s", info.message, extra={"code": info.code})
-        notifier.ready()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
 
     LOG.info(
         "acquired %s ready: inbox %s, data %s, socket %s",

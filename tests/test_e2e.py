@@ -372,3 +372,29 @@ def test_metrics_endpoint_counts_what_the_daemon_did(
         assert got is not None and float(got.group(1)) >= len(data), body
         assert f"metrics on http://127.0.0.1:{port}/metrics" in d.log()
         assert "not started" not in d.log()
+
+
+def test_a_signal_during_start_up_does_not_kill_the_daemon(tmp_path: Path) -> None:
+    """SIGHUP the moment the control socket exists (before the daemon says it is ready):
+    the daemon must have its handlers by then, not die of the default action."""
+    d = DaemonProcess(tmp_path)
+    d.root.mkdir(parents=True, exist_ok=True)
+    write_config(d.config_path, d.config)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "acquired.daemon.main", "--config", str(d.config_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=d.env,
+    )
+    d.proc = proc
+    try:
+        deadline = time.monotonic() + 20
+        while not d.socket.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGHUP)
+        d.wait_for(lambda: d._pingable(), 20, "the daemon to answer after the early SIGHUP")
+        assert proc.poll() is None
+    finally:
+        d.stop()
+    assert proc.returncode == 0
