@@ -528,7 +528,8 @@ class Service:
             if self._target(row).exists():
                 self.store.set_state(row.id, FileState.DONE)
                 return
-            self.store.set_state(row.id, FileState.QUEUED, digests={}, reason="file vanished")
+            # Gone since (deleted by hand): fetch it again.
+            self.store.forget_fetch(row.id)
             row = self.store.get_file(row.id)
         mirrors = list(spec.sources.mirrors)
         tspec = spec.sources.torrent if self.torrents is not None else None

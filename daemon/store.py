@@ -410,6 +410,10 @@ class Store:
                 args.append(value)
         self._db.execute(f"UPDATE files SET {', '.join(sets)} WHERE id = ?", (*args, file_id))
 
+    def forget_fetch(self, file_id: int) -> None:
+        """The file must be fetched again: drop the digests that marked it fetched."""
+        self._db.execute("UPDATE files SET digests = NULL WHERE id = ?", (file_id,))
+
     def set_plan(self, file_id: int, plan: dict[str, Any] | None) -> None:
         """Record which source a file uses and why (None forgets it)."""
         self._db.execute(

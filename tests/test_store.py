@@ -115,6 +115,16 @@ def test_checkpoint_and_requeue(tmp_path: Path) -> None:
         store.get_file(row.id)
 
 
+def test_forget_fetch_clears_the_fetched_mark(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    make_job(store, n=1)
+    fid = store.job_files("j")[0].id
+    store.set_state(fid, "fetching", digests={})  # fetched, no digest to record
+    assert store.get_file(fid).digests == {}
+    store.forget_fetch(fid)
+    assert store.get_file(fid).digests is None
+
+
 def test_events_are_bounded(tmp_path: Path) -> None:
     store = Store(tmp_path / "a.db")
     make_job(store)
