@@ -779,12 +779,19 @@ class HttpDownload:
                 f"the file changed under the download {restarts} times: {reason}",
                 reason=reason,
             )
+        self._start_over(reason, forget_plan=True)
+
+    def _start_over(self, reason: str, *, forget_plan: bool) -> None:
+        """Throw the data and what was learnt of the file away, and say so: the caller's
+        next request starts from byte 0 (``forget_plan``: the segment plan too)."""
+        assert self._part is not None
         log.debug("restarting %s from zero: %s", self.request.dest.name, reason)
         with self._state_lock:
             self._part.truncate(0)
-            self._plan = None
-            self._mode = "idle"
-            self._resume_done = []
+            if forget_plan:
+                self._plan = None
+                self._mode = "idle"
+                self._resume_done = []
             self._offset = 0
             self._hasher = Hasher(self.request.digests)
             self._validator = Validator()
@@ -1072,19 +1079,7 @@ class HttpDownload:
                 url=mirror.url,
                 reason=reason,
             )
-        log.debug("restarting %s from zero: %s", self.request.dest.name, reason)
-        with self._state_lock:
-            self._part.truncate(0)
-            self._offset = 0
-            self._hasher = Hasher(self.request.digests)
-            self._validator = Validator()
-            self._validator_url = None
-            self._size = self.request.size
-            self._contributors.clear()
-            state = self._state()
-            self._last_checkpoint = (time.monotonic(), self._received)
-        self._emit(Restarted(reason))
-        self._emit(Checkpoint(state))
+        self._start_over(reason, forget_plan=False)
 
     # -- requests ----------------------------------------------------------------------
     def _send(
