@@ -835,20 +835,7 @@ class TorrentEngine:
                     self._peers_since = now - self._started
         if entry.probe or entry.phase == "metadata":
             return
-        done, total = _bytes(entry, st)
-        self._emit(
-            TorrentProgress(
-                key=entry.key,
-                done=done,
-                total=total,
-                rate=float(st.download_payload_rate),
-                upload_rate=float(st.upload_payload_rate),
-                peers=st.num_peers,
-                seeds=st.num_seeds,
-                state=_state_name(st, entry),
-                ratio=entry.ratio,
-            )
-        )
+        self._emit(_progress(entry, st, _state_name(st, entry), entry.ratio))
 
     def _on_dht_packet(self, message: str) -> None:
         if not message.startswith("<=="):
@@ -974,20 +961,7 @@ class TorrentEngine:
             self._save_resume(entry)
             # A small torrent can finish between two updates: always report the end state.
             st = handle.status()
-            done, total = _bytes(entry, st)
-            self._emit(
-                TorrentProgress(
-                    key=entry.key,
-                    done=done,
-                    total=total,
-                    rate=float(st.download_payload_rate),
-                    upload_rate=float(st.upload_payload_rate),
-                    peers=st.num_peers,
-                    seeds=st.num_seeds,
-                    state="seeding",
-                    ratio=_ratio(entry, st),
-                )
-            )
+            self._emit(_progress(entry, st, "seeding", _ratio(entry, st)))
             self._emit(
                 TorrentFinished(entry.key, {n: f for n, f in entry.wanted.values()}, digests)
             )
@@ -1062,6 +1036,21 @@ def _bytes(entry: _Entry, st: lt.torrent_status) -> tuple[int, int]:
         return entry.wanted_size, entry.wanted_size
     done = st.total_wanted_done * entry.wanted_size // st.total_wanted
     return min(int(done), entry.wanted_size), entry.wanted_size
+
+
+def _progress(entry: _Entry, st: lt.torrent_status, state: str, ratio: float) -> TorrentProgress:
+    done, total = _bytes(entry, st)
+    return TorrentProgress(
+        key=entry.key,
+        done=done,
+        total=total,
+        rate=float(st.download_payload_rate),
+        upload_rate=float(st.upload_payload_rate),
+        peers=st.num_peers,
+        seeds=st.num_seeds,
+        state=state,
+        ratio=ratio,
+    )
 
 
 def _ratio(entry: _Entry, st: lt.torrent_status) -> float:
