@@ -78,6 +78,7 @@ from acquired.sources.choice import (
 )
 from acquired.sources.http import FileRequest, HttpDownload, HttpOptions
 from acquired.sources.http import events as http_events
+from acquired.sources.http.hostslots import HostSlots
 from acquired.sources.http.pip_mirrors import prefetch_wheels
 from acquired.sources.http.ratelimit import RateLimiter
 from acquired.sources.torrent import TorrentEngine, TorrentRequest
@@ -220,6 +221,8 @@ class Service:
         # One bucket for all transfers, one per job that sets its own limit.
         self.limiter = RateLimiter(config.bandwidth_limit or None)
         self._job_limiters: dict[str, RateLimiter] = {}
+        # Connections per host, counted over every file being fetched at once.
+        self.host_slots = HostSlots(config.http.per_host_connections)
         # The torrent engine, once attached; torrent key -> files it fetches; torrents
         # seeding after their files are done (key -> what status shows of them).
         self.torrents: TorrentEngine | None = None
@@ -587,6 +590,7 @@ class Service:
             max_tries=http.max_tries,
             checkpoint_interval=http.checkpoint_interval,
             limiters=self._limiters(row.job_id, manifest.bandwidth_limit),
+            host_slots=self.host_slots,
         )
         token = self._next_token()
         file_id = row.id
@@ -1539,6 +1543,7 @@ class Service:
                 setattr(new, name, getattr(old, name))
         self.config = new
         self.limiter.set_rate(new.bandwidth_limit or None)
+        self.host_slots.set_cap(new.http.per_host_connections)
         if new.metrics.listen != old.metrics.listen:
             try:
                 self.metrics.restart(new.metrics.listen)

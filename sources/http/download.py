@@ -426,11 +426,15 @@ class HttpDownload:
                     return None
                 mirror, wait = self._pick_mirror(time.monotonic())
                 if mirror is not None:
-                    seg = plan.take(chunk_for(mirror.conn_rate), mirror.conn_rate or 0.0)
-                    if seg is not None:
-                        mirror.connections += 1
-                        return mirror, seg
-                    wait = 0.1  # all assigned: wait for a release or a chance to steal
+                    if not self._try_slot(mirror):
+                        wait = 0.1  # the host is at the daemon-wide cap: wait for a slot
+                    else:
+                        seg = plan.take(chunk_for(mirror.conn_rate), mirror.conn_rate or 0.0)
+                        if seg is not None:
+                            mirror.connections += 1
+                            return mirror, seg
+                        self._free_slot(mirror)
+                        wait = 0.1  # all assigned: wait for a release or a chance to steal
                 elif wait is None:
                     self._no_mirror_left()
                     return None
@@ -460,8 +464,11 @@ class HttpDownload:
             per_host[m.host] = per_host.get(m.host, 0) + m.connections
         best: Mirror | None = None
         best_deficit = 0
+        slots = self.options.host_slots
         for m in ready:
             if per_host.get(m.host, 0) >= self.options.per_host_connections:
+                continue
+            if slots is not None and slots.full(m.host):
                 continue
             deficit = target[m.url] - m.connections
             if deficit > best_deficit:
@@ -648,6 +655,7 @@ class HttpDownload:
         self._plan.release(seg)
         with self._cond:
             mirror.connections -= 1
+            self._free_slot(mirror)
             if error is not None and not self._stopping():
                 if progressed:
                     mirror.tries = 0  # it delivered: a blip, not a broken mirror
@@ -1093,6 +1101,11 @@ class HttpDownload:
         with self._transfers_lock:
             self._transfers.add(transfer)
         if not counted:
+            slots = self.options.host_slots
+            if slots is not None and not slots.take(mirror.host, self._cancel):
+                with self._transfers_lock:
+                    self._transfers.discard(transfer)
+                raise DownloadCancelled("cancelled while waiting for a connection slot")
             with self._cond:
                 mirror.connections += 1
         if self._cancel.is_set():
@@ -1111,6 +1124,7 @@ class HttpDownload:
             if not counted:
                 with self._cond:
                     mirror.connections -= 1
+                    self._free_slot(mirror)
             raise self._transport_error(transfer, exc, mirror.url) from exc
         return transfer, response
 
@@ -1133,6 +1147,15 @@ class HttpDownload:
         if not transfer.counted:
             with self._cond:
                 mirror.connections -= 1
+                self._free_slot(mirror)
+
+    def _try_slot(self, mirror: Mirror) -> bool:
+        slots = self.options.host_slots
+        return slots is None or slots.try_take(mirror.host)
+
+    def _free_slot(self, mirror: Mirror) -> None:
+        if self.options.host_slots is not None:
+            self.options.host_slots.release(mirror.host)
 
     def _abort_all(self, reason: str, code: str) -> None:
         with self._transfers_lock:

@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from acquired.sources.http.hostslots import HostSlots
 from acquired.sources.http.ratelimit import RateLimiter
 
 
@@ -50,6 +51,9 @@ class HttpOptions:
     progress_interval: float = 0.5
     limiters: tuple[RateLimiter, ...] = ()
     """Token buckets every byte goes through (global, per job)."""
+    host_slots: HostSlots | None = None
+    """Connections per host shared with the process's other downloads (its cap applies
+    on top of ``per_host_connections``)."""
     user_agent: str = USER_AGENT
     chunk_size: int = 1 << 20
     """Bytes per read; large reads avoid per-call overhead on fast links."""
