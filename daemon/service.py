@@ -486,10 +486,9 @@ class Service:
                     )
                     self._stop_active(act, "disk")
         elif free >= resume_at:
-            for row in self.store.files_in_state(FileState.PAUSED):
-                if row.reason and row.reason.startswith(DISK_WAIT):
-                    self.store.set_state(row.id, FileState.QUEUED, reason="space is back")
-                    self._event("info", "space is back; resuming", job_id=row.job_id, row=row)
+            for row in self.store.paused_because(DISK_WAIT):
+                self.store.set_state(row.id, FileState.QUEUED, reason="space is back")
+                self._event("info", "space is back; resuming", job_id=row.job_id, row=row)
 
     def _committed(self) -> int:
         return sum(max((a.size or 0) - a.bytes_done, 0) for a in self.active.values())
@@ -1480,10 +1479,8 @@ class Service:
         if counts.get(FileState.FETCHING) or counts.get(FileState.UNPACKING):
             return None
         for state in (FileState.QUEUED, FileState.PAUSED, FileState.FAILED):
-            if counts.get(state):
-                for row in self.store.files_in_state(state, job_id=job_id):
-                    if row.reason:
-                        return row.reason
+            if counts.get(state) and (reason := self.store.first_reason(job_id, state)):
+                return reason
         return None
 
     def show(self, job_id: str) -> dict[str, Any]:

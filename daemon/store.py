@@ -347,6 +347,25 @@ class Store:
             rows = self._db.execute(q, (state, job_id)).fetchall()
         return [_file_row(r) for r in rows]
 
+    def first_reason(self, job_id: str, state: str) -> str | None:
+        """One reason given for a job's files in ``state`` (what status shows of a job that
+        is not moving), without reading all of them."""
+        row = self._db.execute(
+            "SELECT reason FROM files WHERE job_id = ? AND state = ? AND reason IS NOT NULL"
+            " ORDER BY idx LIMIT 1",
+            (job_id, state),
+        ).fetchone()
+        return row[0] if row else None
+
+    def paused_because(self, prefix: str) -> list[FileRow]:
+        """Paused files whose reason starts with ``prefix`` (the disk guard's own pauses)."""
+        rows = self._db.execute(
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE state = 'paused'"
+            " AND substr(reason, 1, length(?)) = ? ORDER BY id",
+            (prefix, prefix),
+        ).fetchall()
+        return [_file_row(r) for r in rows]
+
     def unfinished_named(self, name: str) -> list[FileRow]:
         """Files not done nor cancelled whose base name is ``name`` (for watched folders)."""
         rows = self._db.execute(

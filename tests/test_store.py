@@ -125,6 +125,18 @@ def test_forget_fetch_clears_the_fetched_mark(tmp_path: Path) -> None:
     assert store.get_file(fid).digests is None
 
 
+def test_reason_and_disk_pauses_by_query(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    make_job(store, n=3)
+    a, b, c = (r.id for r in store.job_files("j"))
+    store.set_state(a, "paused", reason="paused by user")
+    store.set_state(b, "paused", reason="waiting for disk: below the reserve")
+    store.set_state(c, "queued", reason="waiting for disk: need 1 MB")
+    assert store.first_reason("j", "paused") == "paused by user"
+    assert store.first_reason("j", "failed") is None
+    assert [r.id for r in store.paused_because("waiting for disk")] == [b]
+
+
 def test_events_are_bounded(tmp_path: Path) -> None:
     store = Store(tmp_path / "a.db")
     make_job(store)
