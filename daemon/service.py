@@ -559,6 +559,15 @@ class Service:
         destination = job.destination if job is not None else row.job_id
         return self.config.data_root / destination / row.path
 
+    def _track(self, row: FileRow, token: int, thread: threading.Thread, **fields: Any) -> Active:
+        """The state thread's record of a file in flight (``fields``: the rest of Active,
+        which by default has the row's size and progress)."""
+        fields.setdefault("size", row.size)
+        fields.setdefault("bytes_done", row.bytes_done)
+        return Active(
+            file_id=row.id, job_id=row.job_id, path=row.path, token=token, thread=thread, **fields
+        )
+
     def _next_token(self) -> int:
         self._tokens += 1
         return self._tokens
@@ -605,16 +614,12 @@ class Service:
             daemon=True,
         )
         source = "http" if len(mirrors) == 1 else f"http {len(mirrors)} mirrors"
-        self.active[row.id] = Active(
-            file_id=row.id,
-            job_id=row.job_id,
-            path=row.path,
-            token=token,
-            size=row.size,
-            thread=thread,
+        self.active[row.id] = self._track(
+            row,
+            token,
+            thread,
             source=source,
             handle=download,
-            bytes_done=row.bytes_done,
         )
         self.store.set_state(row.id, FileState.FETCHING, attempts=row.attempts + 1, source="http")
         self._event("info", f"fetching from {source}", job_id=row.job_id, row=row)
@@ -697,17 +702,13 @@ class Service:
             self.post(SourceChosen(row.id, token, decision))
 
         thread = threading.Thread(target=work, name=f"choose-{row.job_id}-{row.idx}", daemon=True)
-        self.active[row.id] = Active(
-            file_id=row.id,
-            job_id=row.job_id,
-            path=row.path,
-            token=token,
-            size=row.size,
-            thread=thread,
+        self.active[row.id] = self._track(
+            row,
+            token,
+            thread,
             source="choosing",
             kind="choosing",
             detail=f"watching the swarm for {window:.0f}s, measuring mirrors",
-            bytes_done=row.bytes_done,
         )
         self.store.set_state(row.id, FileState.FETCHING, source="choosing")
         thread.start()
@@ -781,18 +782,14 @@ class Service:
 
         thread = threading.Thread(target=work, name=f"torrent-add-{key}", daemon=True)
         for r in rows:
-            self.active[r.id] = Active(
-                file_id=r.id,
-                job_id=r.job_id,
-                path=r.path,
-                token=token,
-                size=r.size,
-                thread=thread,
+            self.active[r.id] = self._track(
+                r,
+                token,
+                thread,
                 source=label,
                 kind="torrent",
                 torrent_key=key,
                 inner=inner_of[r.id],
-                bytes_done=r.bytes_done,
                 detail="starting",
             )
             self.store.set_state(
@@ -1002,13 +999,12 @@ class Service:
                 self.post(TransferEnded(row.id, token, outcome, None))
 
         thread = threading.Thread(target=work, name=f"unpack-{row.job_id}-{row.idx}", daemon=True)
-        self.active[row.id] = Active(
-            file_id=row.id,
-            job_id=row.job_id,
-            path=row.path,
-            token=token,
+        self.active[row.id] = self._track(
+            row,
+            token,
+            thread,
             size=None,
-            thread=thread,
+            bytes_done=0,
             source="unpack",
             kind="unpack",
             handle=handle,
