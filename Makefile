@@ -52,7 +52,7 @@ lint: setup
 	@# namespace package, and run it from there so the top-level systemd/ folder does not
 	@# shadow the systemd-python package.
 	@mkdir -p build/typecheck/acquired
-	@for p in daemon sources unpack; do ln -sfn ../../../$$p build/typecheck/acquired/$$p; done
+	@for p in common daemon sources unpack; do ln -sfn ../../../$$p build/typecheck/acquired/$$p; done
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache -p acquired
 
 format: setup

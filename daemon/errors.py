@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from acquired.common.errors import AcquiredError
 
-class DaemonError(Exception):
+
+class DaemonError(AcquiredError):
     """Base of failures raised by the daemon (configuration, manifests, control)."""
 
     code: ClassVar[str] = "daemon.error"
     hint: ClassVar[str] = "See the daemon's log for details."
     retryable: ClassVar[bool] = False
-
-    def __init__(self, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.details = details
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from acquired.common.errors import AcquiredError
 
-class SourceError(Exception):
+
+class SourceError(AcquiredError):
     """Base of every failure a source reports to its caller.
 
     ``details`` carries JSON-able facts (URL, expected vs actual, status code) that the
@@ -15,10 +17,6 @@ class SourceError(Exception):
     code: ClassVar[str] = "source.error"
     hint: ClassVar[str] = "See the daemon's log for details."
     retryable: ClassVar[bool] = False
-
-    def __init__(self, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.details = details
 
 
 class DiskFull(SourceError):

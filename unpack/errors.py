@@ -6,28 +6,17 @@ prints them): never rename one once released. ``details`` holds JSON-able facts 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from acquired.common.errors import AcquiredError
 
 
-def _rebuild(cls: type[UnpackError], message: str, details: dict[str, Any]) -> UnpackError:
-    return cls(message, **details)
-
-
-class UnpackError(Exception):
+class UnpackError(AcquiredError):
     """Base of every failure of verify, extract and layout steps."""
 
     code: ClassVar[str] = "unpack.error"
     hint: ClassVar[str] = "See the daemon's log for details."
     retryable: ClassVar[bool] = False
-
-    def __init__(self, message: str, **details: object) -> None:
-        super().__init__(message)
-        self.details = details
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Errors cross process boundaries (nested extraction runs in worker processes);
-        # the default pickling would drop the keyword-only details.
-        return (_rebuild, (type(self), str(self), dict(self.details)))
 
 
 # --- verify -----------------------------------------------------------------------------
