@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
+# The hasher and the algorithm names are the shared ones; imported here for the engine.
+from acquired.common.digests import Hasher
+from acquired.common.digests import normalize_algorithm as normalise_algorithm
 from acquired.sources.errors import DiskFull
-from acquired.sources.http.errors import UnsupportedDigest
+
+__all__ = ["Hasher", "PartFile", "normalise_algorithm"]
 
 
 class PartFile:
@@ -90,48 +92,3 @@ class PartFile:
                 errno=exc.errno,
             )
         return exc
-
-
-def normalise_algorithm(name: str) -> str:
-    """``"SHA-256"`` -> ``"sha256"``; raises UnsupportedDigest for what hashlib lacks."""
-    norm = name.strip().lower().replace("-", "").replace("_", "")
-    aliases = {"blake2b512": "blake2b", "blake2s256": "blake2s", "sha3256": "sha3_256"}
-    norm = aliases.get(norm, norm)
-    if norm.startswith("sha3") and "_" not in norm and len(norm) > 4:
-        norm = "sha3_" + norm[4:]
-    if norm not in hashlib.algorithms_available:
-        raise UnsupportedDigest(
-            f"unsupported digest algorithm {name!r}",
-            algorithm=name,
-            supported=sorted(hashlib.algorithms_guaranteed),
-        )
-    return norm
-
-
-class Hasher:
-    """Several digests of one byte stream, fed in order."""
-
-    def __init__(self, algorithms: Iterable[str]) -> None:
-        self.algorithms = sorted({normalise_algorithm(a) for a in algorithms} or {"sha256"})
-        self._hashes = {a: hashlib.new(a) for a in self.algorithms}
-        self.length = 0
-
-    def update(self, data: memoryview | bytes) -> None:
-        for h in self._hashes.values():
-            h.update(data)
-        self.length += len(data)
-
-    def update_from_file(self, fd: int, start: int, end: int, chunk: int = 1 << 20) -> None:
-        """Feed bytes ``[start, end)`` of an open file (resume: the prefix already on disk)."""
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        pos = start
-        while pos < end:
-            n = os.preadv(fd, [view[: min(chunk, end - pos)]], pos)
-            if n <= 0:
-                raise OSError(errno.EIO, f"short read at offset {pos} while hashing")
-            self.update(view[:n])
-            pos += n
-
-    def hexdigests(self) -> dict[str, str]:
-        return {a: h.hexdigest() for a, h in self._hashes.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from acquired.common.errors import DigestMismatch as _DigestMismatch
 from acquired.sources.errors import DiskFull, SourceError
 
 __all__ = [
@@ -111,11 +112,9 @@ class TorrentCancelled(TorrentError):
     hint = "Resume the job to continue."
 
 
-class DigestMismatch(TorrentError):
-    """A completed file does not match the manifest's digest (the torrent itself is wrong)."""
+class DigestMismatch(_DigestMismatch, TorrentError):
+    """A completed file does not match the manifest's digest (the torrent itself is wrong).
 
-    code = "verify.digest_mismatch"
-    hint = (
-        "The torrent's content differs from the manifest; check the manifest's digest or use "
-        "another source."
-    )
+    Code and hint are the shared ``verify.digest_mismatch``; this subclass keeps it a
+    :class:`TorrentError`.
+    """
