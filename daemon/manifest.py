@@ -57,6 +57,9 @@ from pydantic import (
     model_validator,
 )
 
+from acquired.common.digests import ALGORITHMS, normalize_digest
+from acquired.common.errors import InvalidDigest
+
 from .config import Rate, Size
 from .errors import DaemonError
 from .units import Bool, Int, describe_validation_error, parse_host_port
@@ -82,7 +85,8 @@ __all__ = [
     "resolve_under",
 ]
 
-DIGEST_LENGTHS: dict[str, int] = {"sha256": 64, "sha1": 40, "md5": 32, "blake2b": 128}
+#: The checksums a ``[[files]]`` entry may carry, with their length in hex digits.
+DIGEST_LENGTHS: dict[str, int] = ALGORITHMS
 
 # Longest suffix first, so "a.tar.gz" is "tar.gz" and not "gz".
 ARCHIVE_SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -245,25 +249,14 @@ def redact_url(url: str) -> str:
 
 
 def _digest_validator(algorithm: str) -> Any:
-    length = DIGEST_LENGTHS[algorithm]
-
     def check(value: object) -> object:
         if value is None:
             return None
-        if not isinstance(value, str):
-            raise ValueError(f"{value!r} — a {algorithm} digest is a string of {length} hex digits")
-        text = value.strip().lower()
-        if not _HEX_RE.match(text):
-            raise ValueError(
-                f"{value!r} is not hexadecimal — a {algorithm} digest is {length} characters "
-                "0-9 and a-f"
-            )
-        if len(text) != length:
-            raise ValueError(
-                f"{value!r} has {len(text)} characters — a {algorithm} digest has exactly "
-                f"{length}; check that it is the {algorithm} and copied whole"
-            )
-        return text
+        try:
+            # A manifest's blake2b is the full 512 bits, as its schema pattern says.
+            return normalize_digest(algorithm, value, short_blake2b=False)
+        except InvalidDigest as exc:
+            raise ValueError(str(exc)) from None
 
     return BeforeValidator(check)
 
@@ -555,6 +548,9 @@ class FileSpec(_Strict):
     """Size in bytes, if known: checked, and reserved on disk before the download starts."""
     sha256: Annotated[str | None, _digest_validator("sha256")] = Field(
         default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{64}$"}
+    )
+    sha512: Annotated[str | None, _digest_validator("sha512")] = Field(
+        default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{128}$"}
     )
     sha1: Annotated[str | None, _digest_validator("sha1")] = Field(
         default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{40}$"}
