@@ -8,7 +8,9 @@ import importlib
 import pickle
 import pkgutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,7 @@ from acquired.common.errors import (
     InvalidDigest,
     UnsupportedAlgorithm,
 )
+from acquired.common.formatters import format_bytes, format_duration, format_rate, format_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = bytes(range(256)) * 1000 + b"tail"
@@ -226,3 +229,36 @@ def test_common_is_a_leaf() -> None:
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     assert not alias.name.startswith("acquired"), (path.name, alias.name)
+
+
+# --- formatters -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("func", "value", "text"),
+    [
+        (format_bytes, None, "0 B"),
+        (format_bytes, 999, "999 B"),
+        (format_bytes, 1500, "1.5 kB"),
+        (format_bytes, 170_498_071, "170.5 MB"),
+        (format_rate, 45_200_000, "45.2 MB/s"),
+        (format_rate, None, "0 B/s"),
+        (format_size, 1536, "1.5 KiB"),
+        (format_size, 10, "10 B"),
+        (format_duration, None, "-"),
+        (format_duration, 45.9, "45s"),
+        (format_duration, 187, "3m07s"),
+        (format_duration, 7500, "2h05m"),
+        (format_duration, 3 * 86400 + 4 * 3600, "3d04h"),
+    ],
+)
+def test_formatters(func: Callable[[Any], str], value: object, text: str) -> None:
+    assert func(value) == text
+
+
+def test_daemon_units_formats_through_common() -> None:
+    from acquired.common import formatters
+    from acquired.daemon import units
+
+    for name in formatters.__all__:
+        assert getattr(units, name) is getattr(formatters, name)
