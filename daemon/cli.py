@@ -47,6 +47,7 @@ def default_socket() -> Path:
 
 
 def socket_path(args: argparse.Namespace) -> Path:
+    """The control socket to talk to: --socket, else the one --config names, else the default."""
     if args.socket is not None:
         return Path(args.socket)
     if args.config is not None:
@@ -63,6 +64,7 @@ def call(args: argparse.Namespace, payload: dict[str, Any]) -> Any:
 
 
 def print_json(value: Any) -> None:
+    """Print ``value`` as indented JSON (what ``--json`` asks for)."""
     print(json.dumps(value, indent=2, default=str))
 
 
@@ -70,6 +72,7 @@ def print_json(value: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``acquirectl status``: every job with progress, speed and ETA."""
     snapshot = call(args, {"cmd": "status"})
     if args.json:
         print_json(snapshot)
@@ -79,6 +82,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """``acquirectl show JOB``: one job's files, their states and errors."""
     job = call(args, {"cmd": "show", "job": args.job})
     if args.json:
         print_json(job)
@@ -120,6 +124,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    """``acquirectl add FILE``: hand a manifest to the daemon (``--replace`` to change a job)."""
     path = Path(args.file)
     try:
         text = path.read_text()
@@ -132,17 +137,20 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_job_command(args: argparse.Namespace) -> int:
+    """``acquirectl pause|resume|cancel|retry JOB``: apply one command to a job's files."""
     result = call(args, {"cmd": args.cmd, "job": args.job})
     print(f"{result['job']}: {args.cmd} applied to {result['files']} file(s)")
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    """``acquirectl schema``: print the manifest's JSON Schema."""
     print_json(manifest_schema())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``acquirectl``, one sub-command per action."""
     parser = argparse.ArgumentParser(prog="acquirectl", description="Control the acquired daemon.")
     parser.add_argument("--socket", help="control socket (default: found automatically)")
     parser.add_argument("--config", type=Path, help="the daemon's configuration file")
@@ -183,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``acquirectl``; a daemon error is printed with its hint, never as a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -30,11 +30,15 @@ SOCKET_MODE = 0o660
 
 
 class DaemonNotRunning(DaemonError):
+    """No daemon listens on the control socket."""
+
     code = "control.not_running"
     hint = "Start it with `systemctl start acquired` (or `make run`), or pass --socket PATH."
 
 
 class ControlProtocolError(DaemonError):
+    """The daemon's answer is not the control protocol (another version or program)."""
+
     code = "control.protocol"
     hint = "The client and the daemon disagree; use the acquirectl of the same version."
 
@@ -101,12 +105,14 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Serve requests on a background thread."""
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="control", daemon=True
         )
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop serving, close the socket and remove its file."""
         self.shutdown()
         self.server_close()
         with contextlib.suppress(FileNotFoundError):

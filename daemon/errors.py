@@ -27,6 +27,7 @@ class ErrorInfo:
     details: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
+        """The error as a JSON-able dict, as the control socket sends it."""
         return {
             "code": self.code,
             "message": self.message,

@@ -31,6 +31,7 @@ LOG = logging.getLogger("acquired")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The daemon's command line: ``--config`` and ``--version``."""
     parser = argparse.ArgumentParser(
         prog="acquired",
         description="Dataset-acquisition daemon: drop manifests into the inbox, get verified data.",
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the daemon until it is stopped; return the process's exit status."""
     args = parse_args(argv)
     notifier = Notifier()
     try:

@@ -50,6 +50,7 @@ def torrent_source(spec: TorrentSpec) -> TorrentSource:
 
 
 def same_torrent(a: TorrentSpec, b: TorrentSpec) -> bool:
+    """Whether two manifest torrent sources name the same torrent."""
     return (a.kind, a.value) == (b.kind, b.value)
 
 
@@ -61,6 +62,7 @@ def torrent_key(job_id: str, spec: TorrentSpec) -> str:
 
 
 def peer_hints(spec: TorrentSpec) -> tuple[tuple[str, int], ...]:
+    """The ``host:port`` peers of a torrent source as (host, port) pairs."""
     hints = []
     for peer in spec.peers:
         host, _, port = peer.rpartition(":")

@@ -32,6 +32,8 @@ DEFAULT_LINES = 100
 
 
 class LogsUnavailable(DaemonError):
+    """The log source cannot be read (no journal access, no log file)."""
+
     code = "logs.unavailable"
     hint = (
         "Read the journal as root or as a member of systemd-journal (journalctl -u acquired), "

@@ -81,6 +81,7 @@ def mirrors_table(ranked: list[Ranked], size: int) -> Table:
 
 
 def ranked_as_json(ranked: list[Ranked]) -> list[dict[str, Any]]:
+    """The ranking as JSON rows, best mirror first."""
     return [
         {
             "rank": r.rank,
@@ -100,6 +101,7 @@ def ranked_as_json(ranked: list[Ranked]) -> list[dict[str, Any]]:
 
 
 def cmd_mirrors(args: argparse.Namespace) -> int:
+    """``acquirectl mirrors URL...``: probe the mirrors and rank them by estimated time."""
     samples = probe_all(args.urls, sample_bytes=args.sample, timeout=args.timeout)
     ranked = rank(samples, size=args.size)
     if args.json:
@@ -137,6 +139,7 @@ def _best(ranking: Ranking) -> IndexResult | None:
 
 
 def cmd_pip_mirror(args: argparse.Namespace) -> int:
+    """``acquirectl pip-mirror``: rank package indexes and optionally write pip's config."""
     pip = pip_command(args.pip)
     candidates = mirror_list(
         args.mirror or (),

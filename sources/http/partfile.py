@@ -26,9 +26,11 @@ class PartFile:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def size(self) -> int:
+        """Current length of the file on disk."""
         return os.fstat(self.fd).st_size
 
     def pwrite(self, data: memoryview | bytes, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (short writes are continued)."""
         view = memoryview(data)
         while view:
             try:
@@ -39,6 +41,7 @@ class PartFile:
             offset += n
 
     def truncate(self, size: int) -> None:
+        """Cut or extend the file to ``size`` bytes."""
         try:
             os.ftruncate(self.fd, size)
         except OSError as exc:
@@ -65,11 +68,13 @@ class PartFile:
             raise self._translate(exc) from exc
 
     def close(self) -> None:
+        """Close the descriptor; calling it again does nothing."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
     def remove(self) -> None:
+        """Close and delete the ``.part`` file."""
         self.close()
         self.path.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ class Sample:
 
     @property
     def reachable(self) -> bool:
+        """Whether the mirror answered the probe."""
         return self.error is None
 
 

@@ -20,6 +20,8 @@ NAT_GRACE = 300.0
 
 @dataclass(frozen=True)
 class Socket:
+    """A socket the session listens on."""
+
     address: str
     port: int
     transport: str
@@ -28,6 +30,8 @@ class Socket:
 
 @dataclass(frozen=True)
 class SocketFailure:
+    """A socket the session could not open, and who holds the port."""
+
     address: str
     port: int
     transport: str
@@ -37,6 +41,8 @@ class SocketFailure:
 
 @dataclass(frozen=True)
 class TrackerFact:
+    """The last announce to one tracker of one torrent."""
+
     key: str
     url: str
     ok: bool
@@ -77,6 +83,7 @@ class SessionFacts:
 
 
 def dht_ready(facts: SessionFacts) -> bool:
+    """Whether the DHT is on and knows at least one node."""
     return facts.dht and facts.dht_nodes > 0
 
 

@@ -266,6 +266,7 @@ class TorrentEngine:
 
     @property
     def session(self) -> lt.session:
+        """The running libtorrent session; raises TorrentError when the engine is stopped."""
         if self._session is None:
             raise TorrentError("the torrent engine is not running", state="stopped")
         return self._session
@@ -399,6 +400,7 @@ class TorrentEngine:
         return entry
 
     def keys(self) -> list[str]:
+        """The keys of the torrents the engine holds (probes excluded)."""
         with self._lock:
             return [k for k, e in self._entries.items() if not e.probe]
 
@@ -411,6 +413,7 @@ class TorrentEngine:
         self._save_resume(entry)
 
     def resume(self, key: str) -> None:
+        """Start transferring again after ``pause(key)``."""
         entry = self._entry(key)
         entry.paused = False
         entry.stalled = False
@@ -431,6 +434,7 @@ class TorrentEngine:
         self._resume_path(key).unlink(missing_ok=True)
 
     def status(self, key: str) -> TorrentStatus:
+        """Progress, rates, peers and state of one torrent now."""
         entry = self._entry(key)
         st = entry.handle.status()
         now = time.monotonic()
@@ -560,6 +564,7 @@ class TorrentEngine:
     # ----------------------------------------------------------------- diagnostics
 
     def facts(self) -> doc.SessionFacts:
+        """What ``doctor()`` judges: sockets, DHT, trackers and peers seen so far."""
         now = time.monotonic()
         with self._lock:
             return doc.SessionFacts(
