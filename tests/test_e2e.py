@@ -256,13 +256,14 @@ def test_pause_resume_cancel_retry(tmp_path: Path, server: HttpTestServer) -> No
         assert out.returncode == 1 and "nosuchjob" in out.stderr and "hint" in out.stderr
 
 
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
 def test_digest_mismatch_fails_with_expected_and_actual(
-    tmp_path: Path, server: HttpTestServer
+    tmp_path: Path, server: HttpTestServer, algorithm: str
 ) -> None:
     data = payload(100_000, 6)
     url = server.add("/m.bin", data)
-    wrong = "0" * 64
-    text = manifest("mm", [{"path": "m.bin", "sha256": wrong, "mirrors": [url]}])
+    wrong = "0" * len(hashlib.new(algorithm).hexdigest())
+    text = manifest("mm", [{"path": "m.bin", algorithm: wrong, "mirrors": [url]}])
     with DaemonProcess(tmp_path) as d:
         d.call({"cmd": "add", "name": "mm.toml", "text": text})
         d.wait_for(
@@ -273,7 +274,8 @@ def test_digest_mismatch_fails_with_expected_and_actual(
         err = f["error"]
         assert err["code"] == "verify.digest_mismatch", f
         assert err["details"]["expected"] == wrong
-        assert err["details"]["actual"] == hashlib.sha256(data).hexdigest()
+        assert err["details"]["algorithm"] == algorithm
+        assert err["details"]["actual"] == hashlib.new(algorithm, data).hexdigest()
         assert not (d.data / "mm/m.bin").exists()  # never renamed into place
 
 
