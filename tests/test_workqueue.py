@@ -1,4 +1,5 @@
-"""The WorkQueue contract, run against the SQLite implementation (the store)."""
+"""The WorkQueue contract, run against both implementations: SQLite (the store) and Redis
+Streams (a real redis-server started for this module)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.redis_server import RedisServer
 
 from acquired.daemon.workqueue import (
     FailedSample,
@@ -33,7 +35,14 @@ JOB = QueueJob("laion-part0", "d" * 64, {"name": "laion-part0"})
 MakeQueue = Callable[..., Any]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -44,6 +53,14 @@ def make_queue(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
     made in this test (another node, for Redis; another connection, for SQLite)."""
     opened: list[Any] = []
     where = str(tmp_path / "state" / "acquired.db")
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        where = server.url
+        from acquired.daemon.redisqueue import connect
+
+        first = connect(where, node="setup")
+        first.client.flushall()
+        first.close()
 
     def make(node: str = "n1", max_deliveries: int = 5) -> Any:
         if backend == "sqlite":
