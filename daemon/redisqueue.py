@@ -28,6 +28,7 @@ from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff, NoBacko
 from redis.retry import Retry
 
 from . import redisscripts as scripts
+from .cluster_config import ClusterSettings
 from .redisfailures import RedisFailures
 from .redisscripts import GROUP, Keys
 from .workqueue import (
@@ -52,6 +53,7 @@ __all__ = [
     "RedisWorkQueue",
     "check_server_version",
     "connect",
+    "connect_cluster",
     "read_password",
 ]
 
@@ -170,6 +172,18 @@ def connect(
 def _fields(entry: tuple[str, Mapping[str, str]] | list[Any]) -> tuple[str, int, str, int]:
     entry_id, fields = entry[0], entry[1]
     return entry_id, int(fields["s"]), fields["p"], int(fields.get("d", 0))
+
+
+def connect_cluster(settings: ClusterSettings, **kwargs: Any) -> RedisWorkQueue:
+    """:func:`connect` with the ``[cluster]`` section of the configuration."""
+    return connect(
+        settings.redis_url,
+        node=settings.node_name,
+        password_file=settings.password_file,
+        prefix=settings.prefix,
+        max_deliveries=settings.max_deliveries,
+        **kwargs,
+    )
 
 
 class RedisWorkQueue(RedisFailures):
