@@ -229,3 +229,31 @@ def test_commands_per_shard_and_publish_rate(server: RedisServer) -> None:
     # A regression guard, far above what it is: per sample (10,000 a shard) it is nothing.
     assert calls / n < 40
     q.close()
+
+
+def test_two_nodes_publishing_the_same_job_at_once_make_one_copy(server: RedisServer) -> None:
+    import threading
+
+    nodes = [connect(server.url, node=f"n{i}") for i in range(2)]
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def publish(q: RedisWorkQueue) -> None:
+        try:
+            results.append(q.publish(JOB, plan_shards(JOB.name, 5_000 * 2, 2)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(q,)) for q in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert True in results
+    entries = nodes[0].client.xrange(f"acq:job:{JOB.name}:stream")
+    ids = [int(fields["s"]) for _, fields in entries]
+    assert sorted(ids) == list(range(5_000))  # every shard once, none twice
+    assert nodes[1].counts(JOB.name).shards["queued"] == 5_000
+    for q in nodes:
+        q.close()
