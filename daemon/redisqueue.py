@@ -292,7 +292,7 @@ class RedisWorkQueue(RedisFailures):
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, job: QueueJob, shards: Iterable[ShardSpec]) -> bool:
+    def publish(self, job: QueueJob, shards: Iterable[ShardSpec], final: bool = True) -> bool:
         """See :meth:`WorkQueue.publish`. Shards must be numbered 0, 1, ... in order: a
         publisher that died half-way (or another node publishing the same job at the same
         time) is continued where the job's ``next`` says, never duplicated."""
@@ -322,7 +322,8 @@ class RedisWorkQueue(RedisFailures):
                 chunk = []
         if chunk:
             added |= self._publish_chunk(k, job.digest, chunk)
-        self._call(lambda: self.client.hset(k.meta, "complete", 1))
+        if final:
+            self._call(lambda: self.client.hset(k.meta, "complete", 1))
         return result == "new" or added
 
     def _publish_chunk(self, k: Keys, digest: str, chunk: list[ShardSpec]) -> bool:

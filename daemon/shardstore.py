@@ -45,7 +45,9 @@ SHARD_MIGRATIONS: tuple[str, ...] = (
         job TEXT PRIMARY KEY,
         seq INTEGER NOT NULL,
         digest TEXT NOT NULL,
-        created REAL NOT NULL
+        created REAL NOT NULL,
+        next_shard INTEGER NOT NULL DEFAULT 0,
+        complete INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE shards (
         job TEXT NOT NULL,
@@ -188,27 +190,41 @@ class SqliteWorkQueue:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, job: QueueJob, shards: Iterable[ShardSpec]) -> bool:
-        """See :meth:`WorkQueue.publish`; one transaction, so a crash publishes nothing."""
+    def publish(self, job: QueueJob, shards: Iterable[ShardSpec], final: bool = True) -> bool:
+        """See :meth:`WorkQueue.publish`; each call is one transaction."""
         now = self._clock()
         with self._tx() as db:
-            row = db.execute("SELECT digest FROM shard_jobs WHERE job = ?", (job.name,)).fetchone()
-            if row is not None:
-                if row[0] == job.digest:
-                    return False
+            row = db.execute(
+                "SELECT digest, seq, next_shard, complete FROM shard_jobs WHERE job = ?",
+                (job.name,),
+            ).fetchone()
+            if row is not None and row[0] != job.digest:
                 raise JobConflict(
                     f"job {job.name!r} is already queued with another manifest",
                     job=job.name,
                     digest=job.digest,
                     queued_digest=row[0],
                 )
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM shard_jobs").fetchone()[0]
-            db.execute(
-                "INSERT INTO shard_jobs VALUES (?, ?, ?, ?)", (job.name, seq, job.digest, now)
-            )
-            n = self._insert_shards(job.name, seq, shards, now)
+            if row is not None and row[3]:
+                return False
+            if row is None:
+                seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM shard_jobs").fetchone()[0]
+                db.execute(
+                    "INSERT INTO shard_jobs (job, seq, digest, created) VALUES (?, ?, ?, ?)",
+                    (job.name, seq, job.digest, now),
+                )
+                start = 0
+            else:
+                seq, start = row[1], row[2]
+            fresh = (s for s in shards if s.shard_id >= start)
+            n = self._insert_shards(job.name, seq, fresh, now)
             self._bump(job.name, "state", "queued", n)
-        return True
+            db.execute(
+                "UPDATE shard_jobs SET next_shard = (SELECT COALESCE(MAX(shard_id), -1) + 1"
+                " FROM shards WHERE job = ?), complete = ? WHERE job = ?",
+                (job.name, int(final), job.name),
+            )
+        return row is None or n > 0
 
     def _insert_shards(self, job: str, seq: int, shards: Iterable[ShardSpec], now: float) -> int:
         count = 0
@@ -463,7 +479,9 @@ class SqliteWorkQueue:
         where = f" AND f.class IN ({_in(only)})" if only else ""
         now = self._clock()
         with self._tx() as db:
-            job_row = db.execute("SELECT seq FROM shard_jobs WHERE job = ?", (job,)).fetchone()
+            job_row = db.execute(
+                "SELECT seq FROM shard_jobs WHERE job = ? AND complete = 1", (job,)
+            ).fetchone()
             if job_row is None:
                 return []
             picked = db.execute(
@@ -480,6 +498,9 @@ class SqliteWorkQueue:
             new = plan_retry_shards(job, first, (r for r, _ in picked), shard_size)
             self._insert_shards(job, job_row[0], new, now)
             self._bump(job, "state", "queued", len(new))
+            db.execute(
+                "UPDATE shard_jobs SET next_shard = ? WHERE job = ?", (new[-1].shard_id + 1, job)
+            )
             db.executemany(
                 "UPDATE shard_failures SET shard_id = ? WHERE job = ? AND row = ?",
                 ((s.shard_id, job, row) for s in new for row in s.rows),

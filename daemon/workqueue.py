@@ -4,7 +4,7 @@ One interface, two implementations: :mod:`acquired.daemon.shardstore` (SQLite, o
 and :mod:`acquired.daemon.redisqueue` (Redis Streams, a fleet of nodes). The daemon only
 ever talks to :class:`WorkQueue`, in this order for each shard::
 
-    queue.publish(QueueJob(name, digest), shards)   # once per job; again = no-op
+    queue.publish(QueueJob(name, digest), shards)   # once per job (or in slices)
     leases = queue.claim(node, n, lease_s)           # only while workers and disk are free
     queue.renew(lease)                               # well before lease.deadline
     queue.record_failures(job, shard_id, failures)   # the shard's failed samples
@@ -314,12 +314,17 @@ class WorkQueue(Protocol):
 
     max_deliveries: int
 
-    def publish(self, job: QueueJob, shards: Iterable[ShardSpec]) -> bool:
-        """Publish a job and its shards, numbered 0, 1, 2, ... in that order, once.
+    def publish(self, job: QueueJob, shards: Iterable[ShardSpec], final: bool = True) -> bool:
+        """Publish a job and its shards, numbered 0, 1, 2, ... in that order.
 
-        Returns True when this call published it, False when the same manifest (same
-        digest) was already published — its shards are not added again. Raises
-        :class:`JobConflict` for a different digest under the same name.
+        ``final=False`` leaves the job open: a later call with the same job adds the next
+        shards (those already there are skipped), so a large plan can be published in
+        slices that each take milliseconds; the call with ``final=True`` closes it. A
+        publisher that died half-way is continued the same way.
+
+        Returns True when this call created the job or added shards, False when the same
+        manifest (same digest) was already published and closed — nothing is added
+        again. Raises :class:`JobConflict` for a different digest under the same name.
         """
         ...
 

@@ -387,3 +387,16 @@ def test_summaries_add_up() -> None:
     total = summary(5, timeout=1) + summary(3, http_4xx=2) + ShardSummary()
     assert dict(total.samples) == {"ok": 8, "timeout": 1, "http_4xx": 2}
     assert total.total == 11 and total.bytes == 8000
+
+
+def test_publish_in_slices_then_closed(make_queue: MakeQueue) -> None:
+    q = make_queue()
+    plan = list(plan_shards(JOB.name, 25 * 4, 4))  # 25 shards
+    assert q.publish(JOB, plan[:10], final=False) is True
+    assert q.retry_failed(JOB.name) == []  # not while the job is still being published
+    assert q.publish(JOB, plan[5:20], final=False) is True  # 5..9 again: skipped
+    assert q.publish(JOB, plan[20:], final=True) is True
+    assert q.publish(JOB, plan) is False
+    assert q.counts(JOB.name).shards_total == 25
+    ids = [lease.shard.shard_id for lease in q.claim("n1", 100, 30)]
+    assert sorted(ids) == list(range(25))
