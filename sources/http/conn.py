@@ -10,6 +10,7 @@ down from any thread (cancel, stall detection, work stealing).
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import socket
 import threading
 from collections.abc import Iterator
@@ -133,12 +134,41 @@ def make_session(user_agent: str, pool_size: int = 16) -> requests.Session:
     """A session whose connections register with the current ``Transfer``; no retries of
     its own (the engine decides), identity encoding (bytes are stored as served)."""
     session = requests.Session()
-    adapter = _TrackingAdapter(pool_connections=16, pool_maxsize=max(1, pool_size), max_retries=0)
+    adapter = _TrackingAdapter(pool_connections=64, pool_maxsize=max(1, pool_size), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = user_agent
     session.headers["Accept-Encoding"] = "identity"
     return session
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Keeps no cookie: a session shared by every download must not carry one mirror's
+    cookies into another job's requests."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+_shared: dict[str, requests.Session] = {}
+_shared_lock = threading.Lock()
+
+SHARED_POOL_SIZE = 256
+"""Idle keep-alive connections the shared session keeps per host (enough for a daemon's
+concurrent downloads of small files from one server)."""
+
+
+def shared_session(user_agent: str) -> requests.Session:
+    """The process's one session for ``user_agent``: every download reuses its
+    keep-alive connections instead of opening new ones per file. It keeps no cookies.
+    Never close it."""
+    with _shared_lock:
+        session = _shared.get(user_agent)
+        if session is None:
+            session = make_session(user_agent, SHARED_POOL_SIZE)
+            session.cookies.set_policy(_NoCookies())
+            _shared[user_agent] = session
+        return session
 
 
 class BodyReader:
