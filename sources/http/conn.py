@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -130,10 +131,35 @@ class _TrackingAdapter(HTTPAdapter):
         return manager
 
 
+class _Session(requests.Session):
+    """A session that reads the proxy and CA environment once per origin: requests
+    otherwise looks it up on every request (a noticeable share of a small file's cost).
+    Changes to the environment after the first request to an origin are not seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env_cache: dict[tuple[Any, ...], Any] = {}
+        self._env_lock = threading.Lock()
+
+    def merge_environment_settings(self, url: Any, proxies: Any, *args: Any) -> Any:
+        """The environment's settings for ``url``, cached per origin."""
+        if proxies:
+            return super().merge_environment_settings(url, proxies, *args)
+        parts = urlsplit(str(url))
+        key = (parts.scheme, parts.netloc, *map(repr, args))
+        with self._env_lock:
+            cached: Any = self._env_cache.get(key)
+        if cached is None:
+            cached = super().merge_environment_settings(url, proxies, *args)
+            with self._env_lock:
+                self._env_cache[key] = cached
+        return {**cached, "proxies": dict(cached["proxies"] or {})}
+
+
 def make_session(user_agent: str, pool_size: int = 16) -> requests.Session:
     """A session whose connections register with the current ``Transfer``; no retries of
     its own (the engine decides), identity encoding (bytes are stored as served)."""
-    session = requests.Session()
+    session = _Session()
     adapter = _TrackingAdapter(pool_connections=64, pool_maxsize=max(1, pool_size), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -100,7 +100,8 @@ class HttpDownload:
         if self._cancel.is_set():
             fetch.abort_all("cancelled", DownloadCancelled.code)
         watchdog = Watchdog(state, pool, fetch, self.options, self._emit)
-        watchdog.start()
+        # A small file is usually done before a watchdog would first look at it.
+        watchdog.start(deferred=not self._segmented(state))
         ok = False
         try:
             while True:

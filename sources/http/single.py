@@ -68,15 +68,17 @@ class SingleStream:
     def answer(self, mirror: Mirror, transfer: Transfer, response: requests.Response) -> bool:
         """Read one answer (also the first request's, handed over); True when the file
         is complete. Failures are counted against the mirror."""
+        reader = BodyReader(response)
         try:
-            done = self._read(mirror, transfer, response)
+            done = self._read(mirror, transfer, response, reader)
         except _Stop:
             return False
         except HttpError as exc:
             self.pool.failed(mirror, exc)
             return False
         finally:
-            self.fetch.release(mirror, transfer, response)
+            # A body read to its end leaves the connection to the next request.
+            self.fetch.release(mirror, transfer, response, reader)
             if self.state.offset > mirror.best_offset:
                 mirror.best_offset = self.state.offset
                 self.pool.succeeded(mirror)
@@ -88,7 +90,9 @@ class SingleStream:
             )
         return done
 
-    def _read(self, mirror: Mirror, transfer: Transfer, response: requests.Response) -> bool:
+    def _read(
+        self, mirror: Mirror, transfer: Transfer, response: requests.Response, reader: BodyReader
+    ) -> bool:
         state = self.state
         offset = state.offset
         outcome = classify(
@@ -127,7 +131,7 @@ class SingleStream:
             got = self.fetch.pump(
                 mirror,
                 transfer,
-                BodyReader(response),
+                reader,
                 start,
                 room=lambda: None,
                 on_data=self._hash,

@@ -4,6 +4,8 @@ minimum speed."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -29,6 +31,44 @@ SMALL_FILE = 4 << 20
 one again costs less than the flushes), only by time."""
 
 
+START_DELAY = 0.25
+"""Seconds a small file's download runs before its watchdog thread starts: most are
+done by then, and a thread per file is a large part of a small file's cost."""
+
+
+class _Starter:
+    """One thread for the process that starts watchdogs whose start was deferred."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Watchdog]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, watchdog: Watchdog, delay: float) -> None:
+        """Start ``watchdog`` after ``delay`` seconds unless it is stopped first."""
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), watchdog))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="http-watch-starter", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                _, _, watchdog = heapq.heappop(self._heap)
+            watchdog.start()
+
+
+_starter = _Starter()
+
+
 class Watchdog:
     """Runs beside the transfer threads of one download until ``stop()``."""
 
@@ -46,20 +86,30 @@ class Watchdog:
         self.options = options
         self.emit = emit
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._watch, name=f"http-watch-{state.request.dest.name}", daemon=True
-        )
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
+    def start(self, *, deferred: bool = False) -> None:
+        """Start the thread (``deferred``: after ``START_DELAY``, if still running)."""
+        if deferred:
+            _starter.schedule(self, START_DELAY)
+            return
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._watch, name=f"http-watch-{self.state.request.dest.name}", daemon=True
+            )
+            self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and wait for it."""
-        self._stop.set()
+        """Stop the thread and wait for it (a deferred start then never happens)."""
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
         self.state.wake.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        if thread is not None:
+            thread.join()
 
     def _watch(self) -> None:
         opts, state = self.options, self.state
