@@ -180,6 +180,7 @@ def _best(ranking: Ranking) -> IndexResult | None:
 
 
 def cmd_pip_mirror(args: argparse.Namespace) -> int:
+    """Rank the package indexes; optionally write the fastest into pip's configuration."""
     pip = pip_command(args.pip)
     candidates = mirror_list(
         args.mirror or (),
