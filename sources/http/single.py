@@ -157,6 +157,8 @@ class SingleStream:
     def _restart(self, mirror: Mirror, reason: str) -> None:
         """Throw the data away and start from zero (never splice two versions)."""
         self.pool.changed(mirror, reason, MAX_RESTARTS_PER_MIRROR, None)
+        # Even when the mirror is dropped for it: its bytes and validator must not be
+        # what the next mirror continues from.
+        self.state.reset(reason, forget_plan=False)
         if mirror.dropped is not None:
             raise _Stop
-        self.state.reset(reason, forget_plan=False)
