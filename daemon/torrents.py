@@ -7,7 +7,9 @@ block and so run on worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from acquired.daemon.config import Config
@@ -30,6 +32,9 @@ from acquired.sources.torrent import (
     TorrentSource,
     TorrentUrl,
 )
+
+PROBE_KEEP = 60.0
+"""Seconds a probed torrent waits in the session for the transfer that adopts it."""
 
 
 def engine_settings(config: Config) -> TorrentSettings:
@@ -76,12 +81,21 @@ def probe_and_choose(
     window: float,
     single_file: bool,
 ) -> Decision:
-    """Watch the swarm and measure the mirrors, then choose (blocks for ``window``)."""
-    try:
-        swarm = engine.probe(torrent_source(spec), window=window, peers=peer_hints(spec))
-    except Exception as exc:
-        swarm = SwarmEvidence(seeds=0, peers=0, error=describe(exc).message)
-    samples = probe_all(mirrors)
+    """Watch the swarm and measure the mirrors at once, then choose (blocks for ``window``).
+
+    The swarm probe fetches the wanted file meanwhile; when the choice includes the
+    torrent, the transfer that follows adopts what it fetched, otherwise it is dropped."""
+    source = torrent_source(spec)
+    files = (spec.file,) if spec.file else None
+    with ThreadPoolExecutor(1, thread_name_prefix="probe-mirrors") as pool:
+        measured = pool.submit(probe_all, mirrors)
+        try:
+            swarm = engine.probe(
+                source, window=window, peers=peer_hints(spec), files=files, keep=PROBE_KEEP
+            )
+        except Exception as exc:
+            swarm = SwarmEvidence(seeds=0, peers=0, error=describe(exc).message)
+        samples = measured.result()
     evidence = Evidence(
         swarm=swarm,
         mirrors=tuple(
@@ -89,4 +103,9 @@ def probe_and_choose(
         ),
         web_seed_capable=single_file,
     )
-    return choose_source(evidence)
+    decision = choose_source(evidence)
+    if decision.source == "http":
+        # Should this fail, the probe expires by itself; the choice stands.
+        with contextlib.suppress(Exception):
+            engine.drop_probe(source)
+    return decision

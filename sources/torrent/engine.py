@@ -27,6 +27,7 @@ import libtorrent as lt
 from acquired.sources.choice import SwarmEvidence
 from acquired.sources.errors import DiskFull, SourceError
 from acquired.sources.torrent import doctor as doc
+from acquired.sources.torrent import probing
 from acquired.sources.torrent.errors import (
     DigestMismatch,
     DuplicateTorrent,
@@ -160,6 +161,10 @@ class _Entry:
     peers: int = 0
     seeds: int = 0
     error: str | None = None
+    probe_files: tuple[str, ...] | None = None
+    """A probe's wanted files (None: all)."""
+    parked_until: float | None = None
+    """A probe kept for adoption by ``add`` until then (monotonic seconds)."""
 
 
 def _hash_files(path: Path, algorithms: list[str]) -> dict[str, str]:
@@ -223,6 +228,7 @@ class TorrentEngine:
             return
         (self.state_dir / "resume").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "torrents").mkdir(parents=True, exist_ok=True)
+        probing.clean(self)
         mask = BASE_ALERTS
         if self.settings.dht and self.settings.dht_bootstrap:
             # Packet log only while we learn which bootstrap nodes answer.
@@ -247,8 +253,7 @@ class TorrentEngine:
         with self._lock:
             entries = [e for e in self._entries.values() if not e.probe]
         for e in entries:
-            if self._save_resume(e):
-                pass
+            self._save_resume(e)
         deadline = time.monotonic() + timeout
         with self._saves:
             while self._pending_saves > 0 and time.monotonic() < deadline:
@@ -298,6 +303,11 @@ class TorrentEngine:
             if request.key in self._entries:
                 return
         atp = self._params_for(request)
+        with self._lock:
+            parked = self._by_ih.get(self._ih_of(atp))
+        if parked is not None and parked.parked_until is not None:
+            probing.adopt(self, parked, request)
+            return
         atp.save_path = str(request.save_dir)
         flags = atp.flags
         flags &= ~lt.torrent_flags.auto_managed
@@ -470,92 +480,25 @@ class TorrentEngine:
     def probe(
         self,
         source: TorrentSource,
+        *,
         window: float = 10.0,
         peers: tuple[tuple[str, int], ...] = (),
         trackers: tuple[str, ...] = (),
+        files: tuple[str, ...] | None = None,
+        keep: float = 0.0,
     ) -> SwarmEvidence:
-        """Look at a swarm for ``window`` seconds without downloading: seeds and peers from
-        tracker scrapes, the DHT and connections. Blocks; call from a worker thread."""
-        ses = self.session
-        atp = load_params(
-            source,
-            self.settings.academic_torrents_url,
-            self.state_dir / "torrents",
-            self.settings.fetch_timeout,
+        """Watch the swarm for ``window`` seconds: seeds and peers from connections, the peer
+        list (``peers`` hints, trackers, DHT) and scrapes, and the payload rate, fetching the
+        wanted ``files`` (None: all) meanwhile. With ``keep`` > 0 the probe stays in the
+        session that long for ``add`` to adopt (``drop_probe`` ends it). Blocks; call it from
+        a worker thread."""
+        return probing.probe(
+            self, source, window=window, peers=peers, trackers=trackers, files=files, keep=keep
         )
-        ih = self._ih_of(atp)
-        with self._lock:
-            running = self._by_ih.get(ih)
-        if running is not None and not running.probe:
-            st = running.handle.status()
-            return SwarmEvidence(
-                seeds=max(st.num_seeds, st.num_complete, running.scrape_complete),
-                peers=max(
-                    st.num_peers - st.num_seeds, st.num_incomplete, running.scrape_incomplete, 0
-                ),
-                rate=float(st.download_payload_rate),
-                connected=st.num_peers,
-                metadata=st.has_metadata,
-                dht_nodes=self._dht_nodes,
-                window=0.0,
-            )
-        probe_dir = self.state_dir / "probe"
-        probe_dir.mkdir(parents=True, exist_ok=True)
-        atp.save_path = str(probe_dir)
-        flags = atp.flags
-        flags &= ~lt.torrent_flags.auto_managed
-        flags &= ~lt.torrent_flags.paused
-        flags |= lt.torrent_flags.upload_mode | lt.torrent_flags.default_dont_download
-        atp.flags = flags
-        if atp.ti is not None:
-            atp.file_priorities = [0] * atp.ti.layout().num_files()
-        for tracker in trackers:
-            atp.trackers = [*atp.trackers, tracker]
-        key = f"probe:{ih}"
-        with self._lock:
-            try:
-                handle = ses.add_torrent(atp)
-            except RuntimeError as exc:
-                raise InvalidTorrent(f"cannot probe {ih}: {exc}", error=str(exc)) from exc
-            now = time.monotonic()
-            entry = _Entry(key=key, request=None, handle=handle, ih=ih, added=now, probe=True)
-            self._entries[key] = entry
-            self._by_ih[ih] = entry
-        try:
-            for host, port in peers:
-                handle.connect_peer((host, int(port)))
-            handle.scrape_tracker()
-            deadline = time.monotonic() + window
-            best_seeds = best_peers = 0
-            rescraped = False
-            while not self._stop.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
-                st = handle.status()
-                best_seeds = max(best_seeds, st.num_seeds)
-                best_peers = max(best_peers, st.num_peers - st.num_seeds)
-                if not rescraped and time.monotonic() > deadline - window / 2:
-                    handle.scrape_tracker()
-                    rescraped = True
-                if time.monotonic() >= deadline:
-                    break
-            st = handle.status()
-            return SwarmEvidence(
-                seeds=max(best_seeds, st.num_complete, entry.scrape_complete, 0),
-                peers=max(
-                    best_peers, st.num_incomplete, entry.scrape_incomplete, entry.dht_peers, 0
-                ),
-                rate=None,
-                connected=st.num_peers,
-                metadata=st.has_metadata,
-                dht_nodes=self._dht_nodes,
-                window=window,
-            )
-        finally:
-            with self._lock:
-                self._entries.pop(key, None)
-                if self._by_ih.get(ih) is entry:
-                    del self._by_ih[ih]
-            if handle.is_valid():
-                ses.remove_torrent(handle)
+
+    def drop_probe(self, source: TorrentSource) -> None:
+        """Discard the kept probe of ``source`` and what it downloaded (no-op when none)."""
+        probing.drop(self, source)
 
     # ----------------------------------------------------------------- diagnostics
 
@@ -693,11 +636,8 @@ class TorrentEngine:
                 self._on_metadata(entry)
         elif isinstance(a, lt.torrent_finished_alert):
             entry = self._find(a.handle)
-            if entry is not None and not entry.probe and entry.phase == "downloading":
-                entry.phase = "finishing"
-                threading.Thread(
-                    target=self._finish, args=(entry,), name="torrent-finish", daemon=True
-                ).start()
+            if entry is not None and not entry.probe:
+                self._start_finish(entry)
         elif isinstance(a, lt.cache_flushed_alert):
             entry = self._find(a.handle)
             if entry is not None:
@@ -864,7 +804,10 @@ class TorrentEngine:
                 self._bootstrap_addrs[(str(info[4][0]), int(info[4][1]))] = entry
 
     def _on_metadata(self, entry: _Entry) -> None:
-        if entry.probe or entry.request is None:
+        if entry.probe:
+            probing.on_metadata(entry)
+            return
+        if entry.request is None:
             return
         request = entry.request
         handle = entry.handle
@@ -898,6 +841,16 @@ class TorrentEngine:
         total = sum(size for i, _, size in files if i in wanted)
         entry.wanted_size = total
         self._emit(MetadataReceived(entry.key, ti.name(), total))
+
+    def _start_finish(self, entry: _Entry) -> None:
+        """Run ``_finish`` on a worker, once per completion."""
+        with self._lock:
+            if entry.phase != "downloading":
+                return
+            entry.phase = "finishing"
+        threading.Thread(
+            target=self._finish, args=(entry,), name="torrent-finish", daemon=True
+        ).start()
 
     def _finish(self, entry: _Entry) -> None:
         """Worker: flush, check digests, rename .part files into place, report."""
@@ -989,6 +942,7 @@ class TorrentEngine:
         with self._lock:
             entries = list(self._entries.values())
         s = self.settings
+        probing.expire(self, now)
         for e in entries:
             if e.probe:
                 continue
