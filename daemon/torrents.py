@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from acquired.daemon.config import Config
 from acquired.daemon.errors import describe
@@ -32,6 +33,9 @@ from acquired.sources.torrent import (
     TorrentSource,
     TorrentUrl,
 )
+
+if TYPE_CHECKING:
+    from acquired.daemon.store import Store
 
 PROBE_KEEP = 60.0
 """Seconds a probed torrent waits in the session for the transfer that adopts it."""
@@ -109,3 +113,18 @@ def probe_and_choose(
         with contextlib.suppress(Exception):
             engine.drop_probe(source)
     return decision
+
+
+def restore_seeding(engine: TorrentEngine | None, store: Store) -> dict[str, dict[str, Any]]:
+    """Seed again what was seeding before the last stop, for jobs the store still has.
+
+    Returns what the status shows of each (torrent key -> job, ratio, peers, upload)."""
+    if engine is None:
+        return {}
+    keys = engine.restore_seeding(accept=lambda key: store.get_job(job_of(key)) is not None)
+    return {k: {"job": job_of(k), "ratio": 0.0, "peers": 0, "upload": 0.0} for k in keys}
+
+
+def job_of(key: str) -> str:
+    """The job of a torrent key (``torrent_key``'s inverse)."""
+    return key.rpartition("/")[0]

@@ -27,7 +27,7 @@ import libtorrent as lt
 from acquired.sources.choice import SwarmEvidence
 from acquired.sources.errors import DiskFull, SourceError
 from acquired.sources.torrent import doctor as doc
-from acquired.sources.torrent import probing
+from acquired.sources.torrent import probing, seeding
 from acquired.sources.torrent.errors import (
     DigestMismatch,
     DuplicateTorrent,
@@ -151,6 +151,7 @@ class _Entry:
     digests: dict[str, dict[str, str]] = field(default_factory=dict)
     flushed: threading.Event = field(default_factory=threading.Event)
     renamed: threading.Event = field(default_factory=threading.Event)
+    saved: threading.Event = field(default_factory=threading.Event)
     rename_error: str | None = None
     scrape_complete: int = -1
     scrape_incomplete: int = -1
@@ -165,6 +166,11 @@ class _Entry:
     """A probe's wanted files (None: all)."""
     parked_until: float | None = None
     """A probe kept for adoption by ``add`` until then (monotonic seconds)."""
+    seed_ratio: float | None = None
+    seed_time: float | None = None
+    """The seeding policy this torrent finishes under (kept across restarts)."""
+    seeded_before: float = 0.0
+    """Seconds seeded in earlier runs of the daemon."""
 
 
 def _hash_files(path: Path, algorithms: list[str]) -> dict[str, str]:
@@ -252,7 +258,9 @@ class TorrentEngine:
         ses.pause()
         with self._lock:
             entries = [e for e in self._entries.values() if not e.probe]
+        now = time.monotonic()
         for e in entries:
+            seeding.update_record(self, e, now)
             self._save_resume(e)
         deadline = time.monotonic() + timeout
         with self._saves:
@@ -346,6 +354,8 @@ class TorrentEngine:
                 wanted=wanted,
                 last_data=now,
                 wanted_size=_wanted_size(atp.ti, wanted) if atp.ti is not None else 0,
+                seed_ratio=self.settings.seed_ratio,
+                seed_time=self.settings.seed_time,
             )
             self._entries[request.key] = entry
             self._by_ih[ih] = entry
@@ -439,6 +449,7 @@ class TorrentEngine:
         if entry.handle.is_valid():
             self.session.remove_torrent(entry.handle, options)
         self._resume_path(key).unlink(missing_ok=True)
+        seeding.record_path(self.state_dir, key).unlink(missing_ok=True)
 
     def status(self, key: str) -> TorrentStatus:
         entry = self._entry(key)
@@ -499,6 +510,13 @@ class TorrentEngine:
     def drop_probe(self, source: TorrentSource) -> None:
         """Discard the kept probe of ``source`` and what it downloaded (no-op when none)."""
         probing.drop(self, source)
+
+    def restore_seeding(self, accept: Callable[[str], bool] = lambda key: True) -> list[str]:
+        """Put back into the session the torrents that were seeding when the daemon last
+        stopped and whose policy is not met yet, from their resume data; files changed on
+        disk since are checked by libtorrent, and not seeded when they fail. ``accept(key)``
+        False forgets a torrent. Returns the keys put back."""
+        return seeding.restore(self, accept)
 
     # ----------------------------------------------------------------- diagnostics
 
@@ -638,6 +656,10 @@ class TorrentEngine:
             entry = self._find(a.handle)
             if entry is not None and not entry.probe:
                 self._start_finish(entry)
+        elif isinstance(a, lt.torrent_checked_alert):
+            entry = self._find(a.handle)
+            if entry is not None and entry.phase == "checking":
+                seeding.on_checked(self, entry)
         elif isinstance(a, lt.cache_flushed_alert):
             entry = self._find(a.handle)
             if entry is not None:
@@ -663,6 +685,8 @@ class TorrentEngine:
                     self._emit(ResumeSaved(entry.key, path))
                 except OSError as exc:
                     log.warning("cannot save resume data of %s: %s", entry.key, exc)
+            if entry is not None:
+                entry.saved.set()
             self._save_done()
         elif isinstance(a, lt.save_resume_data_failed_alert):
             self._save_done()
@@ -911,7 +935,12 @@ class TorrentEngine:
                     return
             entry.phase = "seeding"
             entry.finished_at = time.monotonic()
-            self._save_resume(entry)
+            seeding.write_record(self, entry)
+            # On disk before the daemon hears of it: a kill right after "done" must find
+            # the resume data of the finished torrent to seed it again at the next start.
+            entry.saved.clear()
+            if self._save_resume(entry):
+                entry.saved.wait(10)
             # A small torrent can finish between two updates: always report the end state.
             st = handle.status()
             self._emit(_progress(entry, st, "seeding", _ratio(entry, st)))
@@ -966,14 +995,14 @@ class TorrentEngine:
                     e.stalled = True
                     self._emit(TorrentStalled(e.key, quiet, e.peers, e.seeds))
             if e.phase == "seeding" and e.finished_at is not None:
-                seconds = now - e.finished_at
-                ratio_met = s.seed_ratio is not None and e.ratio >= s.seed_ratio
-                time_met = s.seed_time is not None and seconds >= s.seed_time
-                if ratio_met or time_met:
+                seconds = e.seeded_before + now - e.finished_at
+                if seeding.policy_met(e.ratio, seconds, e.seed_ratio, e.seed_time):
                     e.phase = "done"
                     e.handle.pause()
                     self._save_resume(e)
                     self._emit(SeedingDone(e.key, e.ratio, seconds))
+                elif save_all:
+                    seeding.update_record(self, e, now)
             if save_all and e.phase != "failed" and e.handle.need_save_resume_data():
                 self._save_resume(e)
 

@@ -12,6 +12,7 @@ __all__ = [
     "InfohashMismatch",
     "InvalidTorrent",
     "MetadataTimeout",
+    "SeedDataChanged",
     "TorrentCancelled",
     "TorrentDiskError",
     "TorrentError",
@@ -118,4 +119,14 @@ class DigestMismatch(TorrentError):
     hint = (
         "The torrent's content differs from the manifest; check the manifest's digest or use "
         "another source."
+    )
+
+
+class SeedDataChanged(TorrentError):
+    """A file seeded before a restart changed on disk since: it is no longer seeded."""
+
+    code = "torrent.seed_data_changed"
+    hint = (
+        "The file no longer matches the torrent, so it is not seeded; fetch it again "
+        "('acquirectl retry JOB' after deleting it) to seed it."
     )

@@ -258,6 +258,8 @@ def adopt(engine: TorrentEngine, parked: _Entry, request: TorrentRequest) -> Non
         wanted=wanted,
         last_data=now,
         wanted_size=_wanted_size(ti, wanted) if ti is not None else 0,
+        seed_ratio=engine.settings.seed_ratio,
+        seed_time=engine.settings.seed_time,
         scrape_complete=parked.scrape_complete,
         scrape_incomplete=parked.scrape_incomplete,
     )
