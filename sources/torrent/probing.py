@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import libtorrent as lt
 
 from acquired.sources.choice import SwarmEvidence
+from acquired.sources.torrent.entries import PART_SUFFIX, TorrentRequest, _Entry, _wanted_size
 from acquired.sources.torrent.errors import InvalidTorrent, TorrentDiskError
 from acquired.sources.torrent.resolve import TorrentSource, load_params, map_files, torrent_files
 
 if TYPE_CHECKING:
-    from acquired.sources.torrent.engine import TorrentEngine, TorrentRequest, _Entry
+    from acquired.sources.torrent.engine import TorrentEngine
 
 PROBE_PREFIX = "probe:"
 MIN_RATE_SPAN = 0.5
@@ -79,8 +80,6 @@ def probe(
     keep: float,
 ) -> SwarmEvidence:
     """Watch (and fetch from) the swarm for ``window`` seconds; see the module's text."""
-    from acquired.sources.torrent.engine import _Entry
-
     ses = engine.session
     atp = load_params(
         source,
@@ -240,8 +239,6 @@ def adopt(engine: TorrentEngine, parked: _Entry, request: TorrentRequest) -> Non
     """Turn a parked probe into the transfer ``request`` asks for (see the module's text).
 
     Blocks until libtorrent has moved the probe's files to their ``.part`` names."""
-    from acquired.sources.torrent.engine import PART_SUFFIX, _Entry, _wanted_size
-
     handle = parked.handle
     ti = handle.torrent_file()
     now = time.monotonic()

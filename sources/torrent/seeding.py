@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import libtorrent as lt
 
+from acquired.sources.torrent.entries import _Entry
 from acquired.sources.torrent.errors import SeedDataChanged
 from acquired.sources.torrent.events import TorrentFailed
 from acquired.sources.torrent.resolve import _write_atomic
@@ -29,7 +30,7 @@ from acquired.sources.torrent.resolve import _write_atomic
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from acquired.sources.torrent.engine import TorrentEngine, _Entry
+    from acquired.sources.torrent.engine import TorrentEngine
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,6 @@ def _forget(engine: TorrentEngine, key: str) -> None:
 
 def restore(engine: TorrentEngine, accept: Callable[[str], bool]) -> list[str]:
     """See ``TorrentEngine.restore_seeding``."""
-    from acquired.sources.torrent.engine import _Entry
-
     ses = engine.session
     restored: list[str] = []
     for path in sorted((engine.state_dir / "resume").glob("*.seeding.json")):
