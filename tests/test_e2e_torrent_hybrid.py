@@ -5,6 +5,7 @@ mirror (as a web seed) together."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from support.http_server import Fault, HttpTestServer
 from support.torrent_swarm import Seeder, make_torrent, write_files
 
 MB = 1_000_000
-SIZE = 12 * MB
+# ACQ_HYBRID_MB sets another size for a measurement by hand (the suite runs 12 MB).
+SIZE = int(os.environ.get("ACQ_HYBRID_MB", "12")) * MB
 SEED_RATE = 3 * MB
 MIRROR_RATE = 1.5 * MB
 
@@ -88,7 +90,7 @@ def test_listed_seeder_and_a_throttled_mirror(tmp_path: Path, seeder: Seeder) ->
                 )
                 began = time.monotonic()
                 d.drop(f"{name}.toml", text)
-                d.wait_job(name, "done", timeout=60)
+                d.wait_job(name, "done", timeout=60 + SIZE / MIRROR_RATE)
                 took[name] = time.monotonic() - began
                 assert (d.data / name / f"{name}.bin").read_bytes() == data
             shown = d.call({"cmd": "show", "job": "hybrid"})
