@@ -51,7 +51,9 @@ def _session(d: DaemonProcess) -> dict[str, object]:
     return session
 
 
-def _restart_and_check(d: DaemonProcess, sig: signal.Signals, torrent: bytes, data: bytes) -> None:
+def _restart_and_check(
+    d: DaemonProcess, sig: signal.Signals, torrent: bytes, data: bytes, ratio: float
+) -> None:
     d.kill(sig)
     d.start()
     d.wait_for(lambda: _seeding(d) == ["seeded"], 20, f"seeding after {sig.name}")
@@ -63,7 +65,7 @@ def _restart_and_check(d: DaemonProcess, sig: signal.Signals, torrent: bytes, da
     assert (folder / "s.bin").read_bytes() == data
     assert got >= SIZE
     # The share ratio counts on from the resume data; the policy (5.0) keeps it seeding.
-    d.wait_for(lambda: d.status()["seeding"][0]["ratio"] >= 1.0, 10, "the ratio to grow")
+    d.wait_for(lambda: d.status()["seeding"][0]["ratio"] >= ratio, 10, f"ratio {ratio}")
     print(
         f"\nafter {sig.name}: seeding {d.status()['seeding']}, doctor {session['torrents']}"
         f" torrent(s); a fresh peer fetched {got} bytes from the daemon alone"
@@ -71,16 +73,18 @@ def _restart_and_check(d: DaemonProcess, sig: signal.Signals, torrent: bytes, da
 
 
 def test_seeding_survives_restarts_and_stops_for_a_changed_file(tmp_path: Path) -> None:
-    """SIGTERM, then SIGKILL: seeding each time; then a file edited while the daemon is
-    stopped: checked by libtorrent, not seeded, never overwritten."""
+    """SIGKILL right after the download, then SIGTERM: seeding each time; then a file
+    edited while the daemon is stopped: checked by libtorrent, not seeded, not overwritten."""
     d, data, torrent = _finish_one(tmp_path)
     try:
         assert _seeding(d) == ["seeded"]
         records = list((d.state / "torrent" / "resume").glob("*.seeding.json"))
         assert len(records) == 1
         assert json.loads(records[0].read_text())["seed_ratio"] == POLICY["seed_ratio"]
-        _restart_and_check(d, signal.SIGTERM, torrent, data)
-        _restart_and_check(d, signal.SIGKILL, torrent, data)
+        # Killed right after "done": the resume data of the finished torrent is on disk.
+        _restart_and_check(d, signal.SIGKILL, torrent, data, ratio=1.0)
+        # A clean stop saves the upload counted since: the next leecher makes it 2.0.
+        _restart_and_check(d, signal.SIGTERM, torrent, data, ratio=2.0)
 
         d.stop()
         target = d.data / "seeded" / "s.bin"
