@@ -64,6 +64,7 @@ from acquired.daemon.store import FileRow, NewFile, Store
 from acquired.daemon.torrents import (
     peer_hints,
     probe_and_choose,
+    restore_seeding,
     same_torrent,
     torrent_key,
     torrent_source,
@@ -256,6 +257,7 @@ class Service:
         """Use ``engine`` for torrent sources (None: torrents are unavailable, ``why_not``)."""
         self.torrents = engine
         self.torrents_down = why_not if engine is None else None
+        self._seeding.update(restore_seeding(engine, self.store))
 
     # -- threads other than the state thread call only these ---------------------------
 

@@ -13,6 +13,7 @@ __all__ = [
     "InfohashMismatch",
     "InvalidTorrent",
     "MetadataTimeout",
+    "SeedDataChanged",
     "TorrentCancelled",
     "TorrentDiskError",
     "TorrentError",
@@ -118,3 +119,13 @@ class DigestMismatch(_DigestMismatch, TorrentError):
     Code and hint are the shared ``verify.digest_mismatch``; this subclass keeps it a
     :class:`TorrentError`.
     """
+
+
+class SeedDataChanged(TorrentError):
+    """A file seeded before a restart changed on disk since: it is no longer seeded."""
+
+    code = "torrent.seed_data_changed"
+    hint = (
+        "The file no longer matches the torrent, so it is not seeded; fetch it again "
+        "('acquirectl retry JOB' after deleting it) to seed it."
+    )
