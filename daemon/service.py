@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from acquired.common.redact import redact_text
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
 from acquired.daemon.manifest import (
@@ -1560,6 +1561,7 @@ class Service:
         code: str | None = None,
     ) -> None:
         """One line per state change and per error: in the log and in the store."""
+        message = redact_text(message)
         path = None
         if row is not None:
             file_id, path = row.id, row.path

@@ -25,6 +25,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
+from acquired.common.redact import redact_value
 from acquired.daemon.units import format_bytes, format_duration, format_rate
 
 #: Recent events shown under the transfers, and job rows shown at most.
@@ -245,7 +246,8 @@ class StatusView:
     """The whole status screen; lays itself out for the width it is rendered at."""
 
     def __init__(self, snapshot: Mapping[str, Any], notice: Text | None = None) -> None:
-        self.snapshot = snapshot
+        # the daemon redacts its replies; this also covers one configured differently
+        self.snapshot: Mapping[str, Any] = redact_value(dict(snapshot))
         self.notice = notice
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
