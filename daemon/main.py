@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code says why it stopped."""
     args = parse_args(argv)
     notifier = Notifier()
+    # Handlers before anything can reach the daemon: a signal that arrives while it
+    # starts must not take the default action (SIGHUP would kill it).
+    signals = _Signals(args, notifier)
+    signals.install()
     try:
         config = Config.load(args.config)
         check_socket_path(config.socket_path)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return _refuse(exc, 1)
     try:
-        return _run(args, config, notifier)
+        return _run(args, config, notifier, signals)
     finally:
         lock.release()
 
@@ -77,7 +81,56 @@ def _refuse(exc: BaseException, code: int) -> int:
     return code
 
 
-def _run(args: argparse.Namespace, config: Config, notifier: Notifier) -> int:
+class _Signals:
+    """SIGTERM/SIGINT stop the daemon, SIGHUP reloads its configuration; one that comes
+    before the service exists is remembered (a stop) or has nothing to do (a reload)."""
+
+    def __init__(self, args: argparse.Namespace, notifier: Notifier) -> None:
+        self.args = args
+        self.notifier = notifier
+        self.service: Service | None = None
+        self.stop_requested = False
+        self.reload_requested = False
+
+    def install(self) -> None:
+        """Take over SIGTERM, SIGINT and SIGHUP."""
+        signal.signal(signal.SIGTERM, self.on_stop)
+        signal.signal(signal.SIGINT, self.on_stop)
+        signal.signal(signal.SIGHUP, self.on_reload)
+
+    def attach(self, service: Service) -> None:
+        """From now on, signals act on ``service`` (and one that came before does now)."""
+        self.service = service
+        if self.stop_requested:
+            service.stop()
+        elif self.reload_requested:
+            self.on_reload(signal.SIGHUP, None)
+
+    def on_stop(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM, SIGINT: stop with progress saved."""
+        LOG.info("received %s; stopping", signal.Signals(signum).name)
+        if self.service is None:
+            self.stop_requested = True
+        else:
+            self.service.stop()
+
+    def on_reload(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: read the configuration again."""
+        if self.service is None:
+            self.reload_requested = True
+            return
+        self.notifier.reloading()
+        try:
+            new = Config.load(self.args.config)
+            redact.configure(new.redact_query_params)
+            self.service.post(Reload(new))
+        except Exception as exc:
+            info = describe(exc)
+            LOG.error("configuration not reloaded: %s", info.message, extra={"code": info.code})
+        self.notifier.ready()
+
+
+def _run(args: argparse.Namespace, config: Config, notifier: Notifier, signals: _Signals) -> int:
     try:
         control = ControlServer(config.socket_path)
     except Exception as exc:
@@ -100,27 +153,7 @@ def _run(args: argparse.Namespace, config: Config, notifier: Notifier) -> int:
         info = describe(exc)
         LOG.error("metrics endpoint not started: %s", info.message, extra={"code": info.code})
     service = Service(config, store, notifier=notifier, metrics=metrics)
-
-    # Handlers before anything can reach the daemon: a signal that arrives while it
-    # starts must not take the default action (SIGHUP would kill it).
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        LOG.info("received %s; stopping", signal.Signals(signum).name)
-        service.stop()
-
-    def on_reload(signum: int, frame: FrameType | None) -> None:
-        notifier.reloading()
-        try:
-            new = Config.load(args.config)
-            redact.configure(new.redact_query_params)
-            service.post(Reload(new))
-        except Exception as exc:
-            info = describe(exc)
-            LOG.error("configuration not reloaded: %s", info.message, extra={"code": info.code})
-        notifier.ready()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
+    signals.attach(service)
 
     engine: TorrentEngine | None = None
     try:
@@ -138,6 +171,8 @@ def _run(args: argparse.Namespace, config: Config, notifier: Notifier) -> int:
         service.attach_torrents(None, f"the torrent engine did not start: {info.message}")
     else:
         service.attach_torrents(engine)
+    # Recorded before the socket answers, so whoever reaches it also finds the record.
+    record = None if under_systemd() else write_record(config, args.config)
     control.start(service.call)
     (config.inbox / "rejected").mkdir(parents=True, exist_ok=True)
     watchers = [FolderWatcher(config.inbox, lambda path: service.post(InboxFile(path)))]
@@ -145,13 +180,10 @@ def _run(args: argparse.Namespace, config: Config, notifier: Notifier) -> int:
         FolderWatcher(folder, lambda path: service.post(WatchedFile(path)), recursive=True)
         for folder in config.unpack.watch_dirs
     ]
-    record = None
     stopped_cleanly = False
     try:
         for watcher in watchers:
             watcher.start()
-        if not under_systemd():
-            record = write_record(config, args.config)
         LOG.info(
             "acquired %s ready: inbox %s, data %s, socket %s",
             VERSION,
