@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from acquired.common.redact import redact_text
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
+from acquired.daemon.forget import forget_job
 from acquired.daemon.manifest import (
     FileSpec,
     FrameworkLayout,
@@ -1330,6 +1331,8 @@ class Service:
                 return {"ok": True, "result": self.intake(text, name, replace=replace)}
             if cmd in ("pause", "resume", "cancel", "retry"):
                 return {"ok": True, "result": self.command(cmd, str(payload.get("job", "")))}
+            if cmd == "forget":
+                return {"ok": True, "result": forget_job(self, payload)}
             if cmd == "doctor":
                 return {"ok": True, "result": self.doctor()}
             if cmd == "test-hang" and self._test_faults:
