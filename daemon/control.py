@@ -29,13 +29,13 @@ import errno
 import json
 import logging
 import os
+import queue
 import re
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,7 +226,10 @@ class ControlServer:
         self._large = 0
         self._large_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
-        self._pool: ThreadPoolExecutor | None = None
+        self._work: queue.Queue[tuple[socket.socket, Callable[[], dict[str, Any]]] | None] = (
+            queue.Queue()
+        )
+        self._workers: list[threading.Thread] = []
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -236,7 +239,13 @@ class ControlServer:
             self.handler = handler
         if self.handler is None:
             raise ValueError("ControlServer.start needs a handler")
-        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="control")
+        # Daemon threads: one still waiting on the state thread must not hold up the exit.
+        self._workers = [
+            threading.Thread(target=self._work_loop, name=f"control-{i}", daemon=True)
+            for i in range(WORKERS)
+        ]
+        for worker in self._workers:
+            worker.start()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         self._thread.start()
@@ -246,8 +255,8 @@ class ControlServer:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._workers:
+            self._work.put(None)
         for conn in list(self._conns.values()):
             self._close(conn)
         self._listener.close()
@@ -282,7 +291,8 @@ class ControlServer:
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if not self._evict_oldest():
-                        time.sleep(0.05)
+                        time.sleep(0.05)  # out of descriptors with none to give back
+                        return
                     continue
                 raise
             if len(self._conns) >= MAX_CONNECTIONS:
@@ -348,11 +358,7 @@ class ControlServer:
         """Take the connection off the selector; a worker computes and writes the reply."""
         self._forget(conn)
         conn.buf = bytearray()
-        assert self._pool is not None
-        try:
-            self._pool.submit(self._answer, conn.sock, make_reply)
-        except RuntimeError:  # the pool is shut down: the daemon is stopping
-            conn.sock.close()
+        self._work.put((conn.sock, make_reply))
 
     def _forget(self, conn: _Conn) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -368,6 +374,13 @@ class ControlServer:
         conn.sock.close()
 
     # -- the workers ---------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while (item := self._work.get()) is not None:
+            if self._stopping.is_set():
+                item[0].close()
+                continue
+            self._answer(*item)
 
     def _serve(self, line: bytes) -> dict[str, Any]:
         try:
