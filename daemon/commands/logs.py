@@ -1,9 +1,10 @@
 """``acquirectl logs [JOB] [-f]``: the daemon's log, from the journal or the local log file.
 
-With ``--from auto`` (the default) the journal is used when ``journalctl`` exists and
-returns the daemon's entries to this user (root, or the groups ``adm`` /
-``systemd-journal``); otherwise the daemon's local log file
-(``<state_dir>/acquired.log``, readable by the group ``acquired``) is read.
+With ``--from auto`` (the default) the local log file (``<state_dir>/acquired.log``,
+readable by the group ``acquired``) of a daemon named by ``--config`` or started by hand
+(found through its record) is read; otherwise the journal is used when ``journalctl``
+exists and returns the daemon's entries to this user (root, or the groups ``adm`` /
+``systemd-journal``), and the local log file of the system service when it does not.
 """
 
 from __future__ import annotations
@@ -95,25 +96,45 @@ def journal_entries(job: str | None, lines: int | None, follow: bool) -> Iterato
         proc.wait()
 
 
-def log_file_candidates(args: argparse.Namespace) -> list[Path]:
-    """Where the daemon this invocation talks to keeps its local log: the one that
-    answers first, then every other place acquirectl looks for a daemon."""
+def own_log_file(args: argparse.Namespace) -> Path | None:
+    """The local log of the daemon this invocation names or finds (``--file``,
+    ``--config``, the record of a daemon started by hand), if it exists."""
     if getattr(args, "file", None):
-        return [Path(args.file)]
+        return Path(args.file)
+    from acquired.daemon.config import Config
     from acquired.daemon.control import DaemonNotRunning
-    from acquired.daemon.discovery import candidates, find_daemon
+    from acquired.daemon.discovery import find_daemon, read_records
 
     found: list[Path] = []
+    if getattr(args, "config", None) is not None:
+        with contextlib.suppress(DaemonError):
+            found.append(Config.load(Path(args.config)).state_dir / LOG_FILE_NAME)
     with contextlib.suppress(DaemonNotRunning, DaemonError):
         daemon = find_daemon(getattr(args, "socket", None), getattr(args, "config", None))
         if daemon.log_file is not None:
             found.append(daemon.log_file)
+        for record in read_records():
+            if record.get("socket") == str(daemon.socket) and record.get("log_file"):
+                found.append(Path(record["log_file"]))
+    return next((p for p in found if p.exists()), None)
+
+
+def log_file_candidates(args: argparse.Namespace) -> list[Path]:
+    """Where the daemon this invocation talks to keeps its local log: its own first,
+    then every other place acquirectl looks for a daemon."""
+    own = own_log_file(args)
+    if getattr(args, "file", None):
+        return [Path(args.file)]
+    from acquired.daemon.config import Config
+    from acquired.daemon.discovery import SYSTEM_CONFIG, candidates
+
+    found: list[Path] = [own] if own is not None else []
     with contextlib.suppress(DaemonError):
         places, _ = candidates(getattr(args, "socket", None), getattr(args, "config", None))
         found += [p.log_file for p in places if p.log_file is not None]
-    from acquired.daemon.config import Config
-    from acquired.daemon.discovery import SYSTEM_CONFIG
-
+        if getattr(args, "socket", None) is not None or getattr(args, "config", None):
+            places, _ = candidates(None, None)
+            found += [p.log_file for p in places if p.log_file is not None]
     if SYSTEM_CONFIG.is_file():
         with contextlib.suppress(DaemonError):
             found.append(Config.load(SYSTEM_CONFIG).state_dir / LOG_FILE_NAME)
@@ -152,7 +173,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     lines = None if args.lines == 0 else args.lines
     source = args.source
     if source == "auto":
-        source = "file" if args.file else ("journal" if journal_available() else "file")
+        # the daemon named or found here (by hand, --config) has its own log; the journal
+        # is for the system service
+        mine = own_log_file(args)
+        source = "file" if mine is not None else ("journal" if journal_available() else "file")
     try:
         if source == "journal":
             if shutil.which("journalctl") is None:
