@@ -47,6 +47,7 @@ def call(args: argparse.Namespace, payload: dict[str, Any]) -> Any:
 
 
 def print_json(value: Any) -> None:
+    """Print ``value`` as indented JSON."""
     print(json.dumps(value, indent=2, default=str))
 
 
@@ -54,6 +55,7 @@ def print_json(value: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Jobs, transfers and events once (``--json``: the snapshot as it is)."""
     snapshot = call(args, {"cmd": "status"})
     if args.json:
         print_json(snapshot)
@@ -63,6 +65,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """One job: each file's state, attempts, source and last error."""
     job = call(args, {"cmd": "show", "job": args.job})
     if args.json:
         print_json(job)
@@ -104,11 +107,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the manifest's JSON Schema."""
     print_json(manifest_schema())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """acquirectl's parser, with every command family registered."""
     parser = argparse.ArgumentParser(prog="acquirectl", description="Control the acquired daemon.")
     parser.add_argument("--socket", help="control socket (default: found automatically)")
     parser.add_argument("--config", type=Path, help="the daemon's configuration file")
@@ -135,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one acquirectl command; errors are one message and a hint (JSON under --json)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

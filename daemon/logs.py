@@ -88,6 +88,7 @@ class AcquiredJournalHandler(JournalHandler):
         super().__init__(level, sender_function=sender_function, **fields)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Send one record to the journal with its fields."""
         try:
             message = self.format(record)
             extras: dict[str, Any] = dict(self._extra)
@@ -145,6 +146,7 @@ class JsonLineFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, job, file, source, code."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -171,6 +173,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as a text line with its job/file tags."""
         line = super().format(record)
         tags = " ".join(
             f"{key}={getattr(record, key)}"

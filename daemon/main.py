@@ -34,6 +34,7 @@ LOG = logging.getLogger("acquired")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The daemon's command line."""
     parser = argparse.ArgumentParser(
         prog="acquired",
         description="Dataset-acquisition daemon: drop manifests into the inbox, get verified data.",

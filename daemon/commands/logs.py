@@ -34,6 +34,8 @@ DEFAULT_LINES = 100
 
 
 class LogsUnavailable(DaemonError):
+    """Neither the journal nor a local log file can be read."""
+
     code = "logs.unavailable"
     hint = (
         "Read the journal as root or as a member of systemd-journal (journalctl -u acquired), "
