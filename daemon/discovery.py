@@ -66,6 +66,7 @@ def write_record(config: Config, config_path: Path | None) -> Path | None:
         return None
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        _prune(directory)
         path = record_path(directory, config.socket_path)
         tmp = path.with_suffix(".tmp")
         record = {
@@ -81,6 +82,18 @@ def write_record(config: Config, config_path: Path | None) -> Path | None:
     except OSError:
         return None
     return path
+
+
+def _prune(directory: Path) -> None:
+    """Remove records left by daemons that were killed (their pid is gone)."""
+    for path in directory.glob(f"{RECORD_PREFIX}*.json"):
+        try:
+            pid = int(json.loads(path.read_text()).get("pid"))
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
 
 
 def remove_record(path: Path | None) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,14 @@ def test_readme_sizes_say_what_the_parser_does() -> None:
     assert parse_size("10G") == 10**10
     assert "`10G` = 10⁹" not in readme
     assert "`1G` = 10⁹" in readme and "`1GiB` = 2³⁰" in readme
+
+
+def test_a_killed_daemons_record_is_pruned_by_the_next_one(tmp_path: Path) -> None:
+    xdg = {"XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
+    records = tmp_path / "xdg/acquired"
+    first = DaemonProcess(tmp_path / "one", env=xdg).start()
+    first.kill(signal.SIGKILL)
+    assert len(list(records.glob("daemon-*.json"))) == 1, "a killed daemon cannot clean up"
+    with DaemonProcess(tmp_path / "two", env=xdg) as second:
+        left = [json.loads(p.read_text()) for p in records.glob("daemon-*.json")]
+        assert [r["socket"] for r in left] == [str(second.socket)]
