@@ -78,3 +78,19 @@ def test_secrets_in_urls_stay_out_of_status_show_and_logs(tmp_path: Path) -> Non
         for where, text_out in outputs.items():
             assert text_out, where
             assert _leaks(text_out) == [], f"{where} shows a secret:\n{text_out}"
+
+
+def test_the_patterns_come_from_the_configuration() -> None:
+    from acquired.common import redact
+    from acquired.daemon.config import Config
+
+    assert Config.from_mapping({}).redact_query_params == list(redact.DEFAULT_QUERY_PARAMS)
+    config = Config.from_mapping({"redact_query_params": ["session", "X-Goog-*"]})
+    try:
+        redact.configure(config.redact_query_params)
+        assert redact_url("https://h/f?session=1&token=2&x-goog-signature=3") == (
+            "https://h/f?session=***&token=2&x-goog-signature=***"
+        )
+    finally:
+        redact.configure(redact.DEFAULT_QUERY_PARAMS)
+    assert redact_url("https://h/f?token=2") == "https://h/f?token=***"
