@@ -29,6 +29,8 @@ from pydantic import (
     field_validator,
 )
 
+from acquired.common.redact import DEFAULT_QUERY_PARAMS
+
 from .cluster_config import ClusterSettings
 from .errors import DaemonError
 from .units import (
@@ -285,6 +287,7 @@ class Config(_Strict):
     state_dir: Path = Path("var/state")
     runtime_dir: Path = Path("var/run")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    redact_query_params: list[str] = Field(default_factory=lambda: list(DEFAULT_QUERY_PARAMS))
     max_concurrent_files: Int = Field(default=4, ge=1, le=1024)
     bandwidth_limit: Rate = Field(default=0, ge=0)
     disk_reserve: DiskReserveField = Field(

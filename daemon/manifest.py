@@ -193,7 +193,11 @@ def _relative_folder(value: object) -> str:
 
 
 def _destination(value: object) -> str:
-    normal = check_relative_path(value, folder=True, allow_dot=True)
+    try:
+        normal = check_relative_path(value, folder=True, allow_dot=True)
+    except ValueError as exc:
+        # the rules are those of paths in the destination; this one is in the data root
+        raise ValueError(str(exc).replace("the destination", "the data root")) from None
     if normal == ".":
         raise ValueError(
             f"{value!r} is the data root itself — give the dataset its own folder, "

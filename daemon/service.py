@@ -27,8 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from acquired.common.redact import redact_text
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
+from acquired.daemon.forget import forget_job
 from acquired.daemon.manifest import (
     FileSpec,
     FrameworkLayout,
@@ -1331,6 +1333,8 @@ class Service:
                 return {"ok": True, "result": self.intake(text, name, replace=replace)}
             if cmd in ("pause", "resume", "cancel", "retry"):
                 return {"ok": True, "result": self.command(cmd, str(payload.get("job", "")))}
+            if cmd == "forget":
+                return {"ok": True, "result": forget_job(self, payload)}
             if cmd == "doctor":
                 return {"ok": True, "result": self.doctor()}
             if cmd == "test-hang" and self._test_faults:
@@ -1562,6 +1566,7 @@ class Service:
         code: str | None = None,
     ) -> None:
         """One line per state change and per error: in the log and in the store."""
+        message = redact_text(message)
         path = None
         if row is not None:
             file_id, path = row.id, row.path

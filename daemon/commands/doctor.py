@@ -76,7 +76,7 @@ def exit_status(result: dict[str, Any]) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """``acquirectl doctor``: the torrent session's findings, each with what to do."""
+    """Ask the daemon for its torrent diagnostics and print them."""
     from acquired.daemon.cli import call
 
     result = call(args, {"cmd": "doctor"})
