@@ -29,6 +29,19 @@ from typing import Any, NamedTuple
 
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
+from acquired.daemon.lifecycle import (
+    COMMAND_EVENTS,
+    STRICT,
+    Effect,
+    Event,
+    FileState,
+    InvalidTransition,
+    Move,
+    after_command,
+    decide,
+    job_is_active,
+    job_state,
+)
 from acquired.daemon.manifest import (
     FileSpec,
     FrameworkLayout,
@@ -59,7 +72,6 @@ from acquired.daemon.messages import (
 )
 from acquired.daemon.metrics import Metrics
 from acquired.daemon.notify import Notifier, format_status
-from acquired.daemon.states import FileState, after_command, job_is_active, job_state
 from acquired.daemon.store import FileRow, NewFile, Store
 from acquired.daemon.torrents import (
     peer_hints,
@@ -487,7 +499,7 @@ class Service:
                     self._stop_active(act, "disk")
         elif free >= resume_at:
             for row in self.store.paused_because(DISK_WAIT):
-                self.store.set_state(row.id, FileState.QUEUED, reason="space is back")
+                self._move(row.id, Event.SPACE_BACK, reason="space is back")
                 self._event("info", "space is back; resuming", job_id=row.job_id, row=row)
 
     def _committed(self) -> int:
@@ -516,8 +528,9 @@ class Service:
             self._start(row)
             slots -= 1
 
-    def _start(self, row: FileRow) -> None:
-        """Start a queued file the way its sources and its plan say."""
+    def _start(self, row: FileRow, event: Event = Event.START) -> None:
+        """Start a queued file the way its sources and its plan say (``event``: CHOSEN
+        once a probe chose the source of a file that is already fetching)."""
         job = self.store.get_job(row.job_id)
         if job is None:
             return
@@ -525,10 +538,10 @@ class Service:
         if row.digests is not None:
             # Fetched and verified before a stop: only what follows the fetch is left.
             if spec.unpack:
-                self._start_steps(row, spec, verified=True)
+                self._start_steps(row, spec, Event.KEPT_UNPACK, verified=True)
                 return
             if self._target(row).exists():
-                self.store.set_state(row.id, FileState.DONE)
+                self._move(row.id, Event.KEPT)
                 return
             # Gone since (deleted by hand): fetch it again.
             self.store.forget_fetch(row.id)
@@ -550,9 +563,9 @@ class Service:
             self._start_choosing(row, spec, mirrors)
             return
         if kind == "http":
-            self._start_http(row, spec, Manifest.model_validate(job.manifest), mirrors)
+            self._start_http(row, spec, Manifest.model_validate(job.manifest), mirrors, event)
         else:
-            self._start_torrent(row, spec, web_seeds=mirrors if kind == "both" else [])
+            self._start_torrent(row, spec, event, web_seeds=mirrors if kind == "both" else [])
 
     def _target(self, row: FileRow) -> Path:
         job = self.store.get_job(row.job_id)
@@ -575,7 +588,7 @@ class Service:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _start_http(
-        self, row: FileRow, spec: FileSpec, manifest: Manifest, mirrors: list[str]
+        self, row: FileRow, spec: FileSpec, manifest: Manifest, mirrors: list[str], event: Event
     ) -> None:
         avoid = (row.error or {}).get("details", {}).get("url") if row.error else None
         target = self._target(row)
@@ -621,7 +634,7 @@ class Service:
             source=source,
             handle=download,
         )
-        self.store.set_state(row.id, FileState.FETCHING, attempts=row.attempts + 1, source="http")
+        self._move(row.id, event, source="http")
         self._event("info", f"fetching from {source}", job_id=row.job_id, row=row)
         thread.start()
 
@@ -710,7 +723,7 @@ class Service:
             kind="choosing",
             detail=f"watching the swarm for {window:.0f}s, measuring mirrors",
         )
-        self.store.set_state(row.id, FileState.FETCHING, source="choosing")
+        self._move(row.id, Event.PROBE, source="choosing")
         thread.start()
 
     def _on_source_chosen(self, message: SourceChosen) -> None:
@@ -725,11 +738,13 @@ class Service:
         decision: Decision = message.decision
         self.store.set_plan(row.id, {"source": decision.source, "reason": decision.reason})
         self._event("info", f"source: {decision.reason}", job_id=row.job_id, row=row)
-        self._start(self.store.get_file(row.id))
+        self._start(self.store.get_file(row.id), Event.CHOSEN)
 
     # -- torrents --------------------------------------------------------------------------------
 
-    def _start_torrent(self, row: FileRow, spec: FileSpec, web_seeds: list[str]) -> None:
+    def _start_torrent(
+        self, row: FileRow, spec: FileSpec, event: Event, web_seeds: list[str]
+    ) -> None:
         """Fetch ``row`` and every queued file of its job from the same torrent, as one
         torrent request."""
         engine, tspec = self.torrents, spec.sources.torrent
@@ -792,9 +807,7 @@ class Service:
                 inner=inner_of[r.id],
                 detail="starting",
             )
-            self.store.set_state(
-                r.id, FileState.FETCHING, attempts=r.attempts + 1, source="torrent"
-            )
+            self._move(r.id, event if r.id == row.id else Event.START, source="torrent")
         self._groups[key] = [r.id for r in rows]
         self._event("info", f"fetching from {label} ({len(rows)} file(s))", job_id=row.job_id)
         thread.start()
@@ -917,7 +930,7 @@ class Service:
 
     def _switch(self, row: FileRow, decision: Decision) -> None:
         self.store.set_plan(row.id, {"source": decision.source, "reason": decision.reason})
-        self.store.set_state(row.id, FileState.QUEUED, reason=decision.reason)
+        self._move(row.id, Event.SWITCH, reason=decision.reason)
         self._event("warning", f"switching source: {decision.reason}", job_id=row.job_id, row=row)
 
     def _on_seeding_event(self, key: str, ev: object) -> None:
@@ -937,20 +950,26 @@ class Service:
 
     def _fetched(self, row: FileRow, digests: dict[str, str] | None, *, size: int) -> None:
         """A source delivered a verified file: run its unpack steps, or it is done."""
-        self.store.clear_checkpoint(row.id)
-        self.store.set_state(row.id, FileState.FETCHING, digests=digests or {}, bytes_done=size)
         spec = FileSpec.model_validate(row.spec)
+        fields: dict[str, Any] = {"digests": digests or {}, "bytes_done": size}
         if spec.unpack:
-            self._start_steps(self.store.get_file(row.id), spec, verified=True)
+            self._start_steps(row, spec, Event.FETCHED_UNPACK, verified=True, **fields)
             return
-        self.store.set_state(row.id, FileState.DONE)
-        self._event("info", f"done ({format_bytes(size)}, verified)", job_id=row.job_id, row=row)
-        self._maybe_finish(row.job_id)
+        note = f"done ({format_bytes(size)}, verified)"
+        self._move(row.id, Event.FETCHED, say=("info", note), **fields)
 
     def _start_steps(
-        self, row: FileRow, spec: FileSpec, *, verified: bool, place_from: Path | None = None
+        self,
+        row: FileRow,
+        spec: FileSpec,
+        event: Event,
+        *,
+        verified: bool,
+        place_from: Path | None = None,
+        **fields: Any,
     ) -> None:
-        """Run the file's unpack steps on a worker (first placing a watched copy of it)."""
+        """Run the file's unpack steps on a worker (first placing a watched copy of it);
+        ``event`` is what moves the file into unpacking, ``fields`` go with the move."""
         job = self.store.get_job(row.job_id)
         assert job is not None
         token = self._next_token()
@@ -1010,7 +1029,9 @@ class Service:
             handle=handle,
             step="unpack",
         )
-        self.store.set_state(row.id, FileState.UNPACKING)
+        if self._move(row.id, event, **fields) is None:
+            del self.active[row.id]
+            return
         self._event("info", f"unpacking ({len(steps)} step(s))", job_id=row.job_id, row=row)
         thread.start()
 
@@ -1094,12 +1115,17 @@ class Service:
     def _place_watched(self, row: FileRow, path: Path) -> None:
         spec = FileSpec.model_validate(row.spec)
         size = path.stat().st_size
-        self.store.clear_checkpoint(row.id)
-        self.store.set_state(
-            row.id, FileState.FETCHING, digests=spec.digests, source="watched", bytes_done=size
-        )
         self._event("info", f"found a completed copy: {path}", job_id=row.job_id, row=row)
-        self._start_steps(self.store.get_file(row.id), spec, verified=True, place_from=path)
+        self._start_steps(
+            row,
+            spec,
+            Event.WATCHED,
+            verified=True,
+            place_from=path,
+            digests=spec.digests,
+            source="watched",
+            bytes_done=size,
+        )
 
     # -- a job's own steps, once every file is done -----------------------------------------
 
@@ -1212,9 +1238,7 @@ class Service:
         if message.error is None:
             if act.kind == "unpack":
                 self.metrics.observe_extract(time.monotonic() - act.started)
-                self.store.set_state(row.id, FileState.DONE)
-                self._event("info", "done (unpacked)", job_id=row.job_id, row=row)
-                self._maybe_finish(row.job_id)
+                self._move(row.id, Event.UNPACKED, say=("info", "done (unpacked)"))
             else:
                 digests = getattr(message.result, "digests", None)
                 size = int(getattr(message.result, "size", act.bytes_done))
@@ -1235,20 +1259,20 @@ class Service:
             if path is not None:
                 self._place_watched(row, path)
             else:  # another file of the same torrent: it goes back to the queue
-                self.store.set_state(row.id, FileState.QUEUED, reason="torrent restarted")
+                self._move(row.id, Event.REQUEUE, reason="torrent restarted")
             return
         if reason == "pause":
-            self.store.set_state(row.id, FileState.PAUSED, reason="paused by user")
+            self._move(row.id, Event.PAUSE, reason="paused by user")
         elif reason == "cancel":
-            self.store.set_state(row.id, FileState.CANCELLED, reason="cancelled by user")
+            self._move(row.id, Event.CANCEL, reason="cancelled by user")
         elif reason == "disk":
-            self.store.set_state(row.id, FileState.PAUSED, reason=f"{DISK_WAIT}: below the reserve")
+            self._move(row.id, Event.DISK_PAUSE, reason=f"{DISK_WAIT}: below the reserve")
             self._event("warning", f"paused: {DISK_WAIT}", job_id=row.job_id, row=row)
 
     def _attempt_failed(self, row: FileRow, info: ErrorInfo, kind: str) -> None:
         """What follows a failed attempt: pause for disk, switch source, retry, or fail."""
         if info.code == "disk.full":
-            self.store.set_state(row.id, FileState.PAUSED, reason=f"{DISK_WAIT}: {info.message}")
+            self._move(row.id, Event.DISK_PAUSE, reason=f"{DISK_WAIT}: {info.message}")
             self._event("warning", f"paused: {DISK_WAIT}", job_id=row.job_id, row=row)
             return
         mismatch = info.code == "verify.digest_mismatch"
@@ -1277,9 +1301,9 @@ class Service:
             retry = False  # an archive that cannot be extracted will not improve by waiting
         if retry:
             delay = retry_delay(row.attempts)
-            self.store.set_state(
+            self._move(
                 row.id,
-                FileState.QUEUED,
+                Event.RETRY,
                 reason=f"retrying in {delay:.0f}s after: {info.message}",
                 error=info.as_dict(),
                 not_before=time.time() + delay,
@@ -1294,9 +1318,57 @@ class Service:
             return
         self._fail(row, info)
 
+    def _move(
+        self,
+        file_id: int,
+        event: Event,
+        *,
+        say: tuple[str, str] | None = None,
+        **fields: Any,
+    ) -> Move | None:
+        """The one way a file's state changes: ``decide`` on its stored state, write the
+        new state with ``fields``, log ``say``, carry out the bookkeeping effects.
+
+        A move the table does not have is a bug: it is logged with the file and the file
+        fails with ``internal.invalid_transition`` (None is returned); the daemon goes on.
+        """
+        row = self.store.get_file(file_id)
+        try:
+            move = decide(row.state, event)
+        except InvalidTransition as exc:
+            if STRICT:
+                raise
+            info = describe(exc)
+            LOG.error(
+                "[%s/%s] %s",
+                row.job_id,
+                row.path,
+                exc,
+                extra={"job": row.job_id, "code": info.code},
+            )
+            self.store.set_state(
+                row.id, FileState.FAILED, reason=info.message, error=info.as_dict()
+            )
+            self.store.add_event(
+                "error", str(exc), job_id=row.job_id, file_id=row.id, code=info.code
+            )
+            return None
+        if Effect.COUNT_ATTEMPT in move.effects:
+            fields["attempts"] = row.attempts + 1
+        if Effect.RESET_ATTEMPTS in move.effects:
+            fields["attempts"] = 0
+        if Effect.CLEAR_CHECKPOINT in move.effects:
+            self.store.clear_checkpoint(row.id)
+        self.store.set_state(row.id, move.state, **fields)
+        if say is not None:
+            self._event(say[0], say[1], job_id=row.job_id, row=row)
+        if Effect.CHECK_JOB in move.effects:
+            self._maybe_finish(row.job_id)
+        return move
+
     def _fail(self, row: FileRow, info: ErrorInfo) -> None:
         self.metrics.failure(info.code)
-        self.store.set_state(row.id, FileState.FAILED, reason=info.message, error=info.as_dict())
+        self._move(row.id, Event.FAIL, reason=info.message, error=info.as_dict())
         self._event(
             "error",
             f"failed: {info.message} — {info.hint}",
@@ -1355,8 +1427,7 @@ class Service:
                         self._stop_active(act, "pause" if cmd == "pause" else "cancel")
                 else:
                     reason = {"pause": "paused by user", "cancel": "cancelled by user"}.get(cmd)
-                    attempts = 0 if cmd == "retry" else None
-                    self.store.set_state(row.id, new, reason=reason, attempts=attempts)
+                    self._move(row.id, COMMAND_EVENTS[cmd], reason=reason)
                 changed += 1
         job = self.store.get_job(job_id)
         if cmd == "retry" and job is not None and job.finish == "failed":

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from acquired.daemon.lifecycle import Event, decide, sources_of
+
 # Each entry moves the schema from version i to i + 1. Never edit a released entry:
 # append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -451,10 +453,13 @@ class Store:
 
     def requeue_interrupted(self) -> int:
         """At start-up: files that were in flight when the daemon stopped go back to the
-        queue (their checkpoints make them resume, not restart)."""
+        queue (their checkpoints make them resume, not restart). Which states those are
+        is the lifecycle's RESTART move."""
+        states = sorted(sources_of(Event.RESTART))
         cur = self._db.execute(
-            "UPDATE files SET state = 'queued', reason = 'resuming after restart',"
-            " not_before = 0 WHERE state IN ('fetching', 'verifying', 'unpacking')"
+            "UPDATE files SET state = ?, reason = 'resuming after restart', not_before = 0"
+            f" WHERE state IN ({','.join('?' * len(states))})",
+            (decide(states[0], Event.RESTART).state, *states),
         )
         self._db.execute("UPDATE jobs SET finish = 'pending' WHERE finish = 'running'")
         return cur.rowcount
