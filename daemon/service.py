@@ -247,6 +247,9 @@ class Service:
         # Watched files being matched, and files whose transfer stops for a watched copy.
         self._matching: set[Path] = set()
         self._watched_for: dict[int, Path] = {}
+        # Transfers and steps of replaced jobs still stopping: job id -> their tokens.
+        self._draining: dict[str, set[int]] = {}
+        self._drain_since: dict[str, float] = {}
         # What the state thread does with each kind of message.
         self._handlers: dict[type, Callable[[Any], None]] = {
             SourceEvent: self._on_source_event,
@@ -296,8 +299,8 @@ class Service:
             self._event("info", f"resuming {n} file(s) interrupted by the last stop")
         for job in self.store.list_jobs():
             if job.finish == "pending":
-                self._maybe_finish(job.id)
-        self._check_disk(force=True)
+                self._guarded("finish", self._maybe_finish, job.id)
+        self._guarded("disk", self._check_disk, force=True)
         while True:
             self.notifier.watchdog()
             try:
@@ -319,9 +322,18 @@ class Service:
                     message = self.queue.get_nowait()
                 except queue.Empty:
                     message = None
-            self._check_disk()
-            self._schedule()
-            self._publish_status()
+            # Each tick is guarded on its own, as gunicorn guards its arbiter loop: a bug
+            # in one of them is logged and the loop, the watchdog pings and the other
+            # jobs go on.
+            self._guarded("disk", self._check_disk)
+            self._guarded("schedule", self._schedule)
+            self._guarded("status", self._publish_status)
+
+    def _guarded(self, what: str, tick: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        try:
+            tick(*args, **kwargs)
+        except Exception:
+            LOG.exception("internal error in the %s tick; the daemon goes on", what)
 
     def _handle(self, message: Message) -> None:
         try:
@@ -451,16 +463,18 @@ class Service:
     ) -> dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]]:
         """Stop a job's transfers and delete it; return its files and their checkpoints,
         so that a replacing manifest keeps what was already downloaded."""
+        # The transfers must be off the job's files before the new job writes to the same
+        # paths, but the state thread does not wait for them: they stay in ``_draining``
+        # until they post their end, and the job's files do not start before that.
         for act in [a for a in self.active.values() if a.job_id == job_id]:
             self._stop_active(act, "cancel")
-            # The transfer must be off the file before a new job writes to the same path.
-            if act.thread is not None:
-                act.thread.join(15)
             self.active.pop(act.file_id, None)
+            if act.kind != "choosing":  # a probe does not write to the file
+                self._draining.setdefault(job_id, set()).add(act.token)
         if job_id in self._finishing:
-            _, handle, thread, _ = self._finishing.pop(job_id)
+            token, handle, _, _ = self._finishing.pop(job_id)
             handle.cancel()
-            thread.join(15)
+            self._draining.setdefault(job_id, set()).add(token)
         rows: dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]] = {}
         offset = 0
         while batch := self.store.job_files(job_id, offset=offset):
@@ -519,14 +533,32 @@ class Service:
                 break
             if row.id in self.active:
                 continue  # started just now with another file of its torrent
+            if row.job_id in self._draining and not self._drain_overdue(row.job_id):
+                continue  # the replaced job's transfers are still stopping
             wait = plan_start(row.size, row.bytes_done, self._committed(), self._disk)
             if wait is not None:
                 if row.reason != wait:
                     self.store.set_reason(row.id, wait)
                     self._event("info", wait, job_id=row.job_id, row=row)
                 continue
-            self._start(row)
+            self._start_guarded(row)
             slots -= 1
+
+    def _start_guarded(self, row: FileRow) -> None:
+        """Start one file; a failure to start fails that file alone, with its code and
+        hint (a destination that cannot be created, a bad row), and scheduling goes on."""
+        try:
+            self._start(row)
+        except Exception as exc:
+            if STRICT and isinstance(exc, InvalidTransition):
+                raise
+            act = self.active.pop(row.id, None)
+            if act is not None and act.torrent_key is not None:
+                self._groups.pop(act.torrent_key, None)
+            info = describe(exc)
+            if info.code == "internal.error":
+                LOG.exception("internal error while starting %s/%s", row.job_id, row.path)
+            self._fail(self.store.get_file(row.id), info)
 
     def _start(self, row: FileRow, event: Event = Event.START) -> None:
         """Start a queued file the way its sources and its plan say (``event``: CHOSEN
@@ -1200,6 +1232,7 @@ class Service:
     def _on_job_steps_ended(self, message: JobStepsEnded) -> None:
         current = self._finishing.get(message.job_id)
         if current is None or current[0] != message.token:
+            self._drained(message.token)
             return
         del self._finishing[message.job_id]
         if message.error is None:
@@ -1223,6 +1256,7 @@ class Service:
     def _on_transfer_ended(self, message: TransferEnded) -> None:
         act = self.active.get(message.file_id)
         if act is None or act.token != message.token:
+            self._drained(message.token)
             return
         del self.active[message.file_id]
         if act.torrent_key is not None:
@@ -1250,6 +1284,25 @@ class Service:
             self._stopped(row, act.stop_reason)
             return
         self._attempt_failed(row, describe(message.error), act.kind)
+
+    def _drain_overdue(self, job_id: str) -> bool:
+        """A transfer that has not ended a minute after it was told to stop is given up
+        on (and logged), so that a stuck worker cannot hold a job back for ever."""
+        since = self._drain_since.setdefault(job_id, time.monotonic())
+        if time.monotonic() - since < 60:
+            return False
+        LOG.error("%s: a stopped transfer did not end within 60 s; starting anyway", job_id)
+        self._draining.pop(job_id, None)
+        self._drain_since.pop(job_id, None)
+        return True
+
+    def _drained(self, token: int) -> None:
+        """A stopped transfer of a replaced job has ended: its job's files may start."""
+        for job_id, tokens in list(self._draining.items()):
+            tokens.discard(token)
+            if not tokens:
+                del self._draining[job_id]
+                self._drain_since.pop(job_id, None)
 
     def _stopped(self, row: FileRow, reason: str) -> None:
         if reason == "shutdown":
