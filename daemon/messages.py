@@ -141,24 +141,6 @@ class Stop:
     pass
 
 
-Message = (
-    Request
-    | InboxFile
-    | WatchedFile
-    | WatchedMatch
-    | SourceEvent
-    | TransferEnded
-    | TorrentEvent
-    | TorrentAdded
-    | SourceChosen
-    | StepProgress
-    | JobStepProgress
-    | JobStepsEnded
-    | Reload
-    | Stop
-)
-
-
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
@@ -184,3 +166,51 @@ class Active:
     step: str | None = None
     stop_reason: str | None = None  # why we asked it to stop: pause, cancel, disk, shutdown
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ManifestLoaded:
+    """A job's manifest was read and parsed off the state thread (or why it could not)."""
+
+    job_id: str
+    digest: str
+    manifest: Any
+    error: BaseException | None
+
+
+@dataclass(frozen=True)
+class IntakeParsed:
+    """A manifest parsed and checked off the state thread (``error``: why it was not)."""
+
+    source_name: str
+    replace: bool
+    inbox_path: Path | None  # the inbox file it came from, removed once it is taken
+    reply: Reply | None  # the control request waiting for the outcome
+    manifest: Any = None  # acquired.daemon.manifest.Manifest
+    digest: str = ""
+    destination: str = ""  # relative to the data root
+    saved: Path | None = None  # the text, saved under a temporary name in the state dir
+    suffix: str = ".toml"
+    files: list[tuple[str, int | None, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+Message = (
+    Request
+    | InboxFile
+    | WatchedFile
+    | WatchedMatch
+    | SourceEvent
+    | TransferEnded
+    | TorrentEvent
+    | TorrentAdded
+    | SourceChosen
+    | StepProgress
+    | JobStepProgress
+    | JobStepsEnded
+    | Reload
+    | Stop
+    | ManifestLoaded
+    | IntakeParsed
+)

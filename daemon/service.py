@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
+from acquired.daemon.intake import IntakeDesk, IntakeWorker
+from acquired.daemon.jobcache import ManifestCache
 from acquired.daemon.lifecycle import (
     COMMAND_EVENTS,
     STRICT,
@@ -39,23 +41,20 @@ from acquired.daemon.lifecycle import (
     Move,
     after_command,
     decide,
-    job_is_active,
     job_state,
 )
 from acquired.daemon.manifest import (
     FileSpec,
     FrameworkLayout,
-    Manifest,
     ManifestError,
-    manifest_digest,
-    parse_manifest,
-    resolve_under,
 )
 from acquired.daemon.messages import (
     Active,
     InboxFile,
+    IntakeParsed,
     JobStepProgress,
     JobStepsEnded,
+    ManifestLoaded,
     Message,
     Reload,
     Reply,
@@ -72,7 +71,7 @@ from acquired.daemon.messages import (
 )
 from acquired.daemon.metrics import Metrics
 from acquired.daemon.notify import Notifier, format_status
-from acquired.daemon.store import FileRow, NewFile, Store
+from acquired.daemon.store import FileRow, JobRow, JobTotals, Store
 from acquired.daemon.torrents import (
     peer_hints,
     probe_and_choose,
@@ -115,11 +114,6 @@ VERSION = "0.1.0"
 MAX_ATTEMPTS = 5
 DISK_WAIT = "waiting for disk"
 TICK = 0.5  # seconds: the longest the state thread sleeps; it pings the watchdog each tick
-
-
-class JobConflict(DaemonError):
-    code = "manifest.conflict"
-    hint = "Use `acquirectl add --replace FILE` to replace the active job, or rename the job."
 
 
 class UnknownJob(DaemonError):
@@ -260,12 +254,28 @@ class Service:
             TorrentAdded: self._on_torrent_added,
             JobStepProgress: self._on_job_step_progress,
             JobStepsEnded: self._on_job_steps_ended,
-            InboxFile: lambda m: self._on_inbox_file(m.path),
+            InboxFile: lambda m: self.intake.submit(None, m.path.name, inbox_path=m.path),
+            IntakeParsed: self._on_intake_parsed,
             WatchedFile: lambda m: self._on_watched_file(m.path),
             WatchedMatch: self._on_watched_match,
-            Request: lambda m: m.reply.set(self._on_request(m.payload)),
+            Request: self._on_request_message,
             Reload: lambda m: self._apply_config(m.config),
+            ManifestLoaded: self._on_manifest_loaded,
         }
+        # Each job's manifest, parsed once (at intake, or off the state thread after a
+        # restart) and kept: a file start reads its spec from here.
+        self.manifests = ManifestCache(self.post)
+        # Manifests are parsed on the intake worker; the desk makes them jobs and puts
+        # their files into the store a chunk per tick.
+        self.intake = IntakeWorker(config.data_root, self.manifests_dir, self.post)
+        self.desk = IntakeDesk(
+            store,
+            self.manifests_dir,
+            drop_job=self._drop_job,
+            accepted=self.manifests.put,
+            complete=self._maybe_finish,
+            event=self._event,
+        )
 
     def attach_torrents(self, engine: TorrentEngine | None, why_not: str | None = None) -> None:
         """Use ``engine`` for torrent sources (None: torrents are unavailable, ``why_not``)."""
@@ -297,6 +307,11 @@ class Service:
         n = self.store.requeue_interrupted()
         if n:
             self._event("info", f"resuming {n} file(s) interrupted by the last stop")
+        for job in self.store.incomplete_jobs():
+            # Stopped while its files went into the store: take its manifest in again
+            # (what is in keeps its progress, as with a replacement).
+            self._event("info", "taking the manifest in again", job_id=job.id)
+            self.intake.submit(Path(job.manifest_path), job.manifest_path, replace=True)
         for job in self.store.list_jobs():
             if job.finish == "pending":
                 self._guarded("finish", self._maybe_finish, job.id)
@@ -304,7 +319,11 @@ class Service:
         while True:
             self.notifier.watchdog()
             try:
-                message: Message | None = self.queue.get(timeout=TICK)
+                # While a job's files go into the store, do not sleep between chunks.
+                if self.desk.filling:
+                    message: Message | None = self.queue.get_nowait()
+                else:
+                    message = self.queue.get(timeout=TICK)
             except queue.Empty:
                 message = None
             # Handle what is waiting before scheduling (progress events come in bursts and
@@ -325,6 +344,7 @@ class Service:
             # Each tick is guarded on its own, as gunicorn guards its arbiter loop: a bug
             # in one of them is logged and the loop, the watchdog pings and the other
             # jobs go on.
+            self._guarded("intake", self.desk.tick)
             self._guarded("disk", self._check_disk)
             self._guarded("schedule", self._schedule)
             self._guarded("status", self._publish_status)
@@ -376,93 +396,27 @@ class Service:
 
     # -- intake ------------------------------------------------------------------------------
 
-    def _on_inbox_file(self, path: Path) -> None:
+    def _on_intake_parsed(self, parsed: IntakeParsed) -> None:
+        """A manifest prepared by the intake worker: make it a job, or say why not."""
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return  # taken away before we got to it
-        except OSError as exc:
-            LOG.error("cannot read %s: %s", path, exc)
-            return
-        try:
-            result = self.intake(data, path.name, replace=False)
+            result = self.desk.accept(parsed)
         except Exception as exc:
-            self._reject(path, describe(exc))
+            if parsed.inbox_path is not None:
+                self.desk.reject(parsed.inbox_path, exc, self.config.inbox)
+            if parsed.reply is not None:
+                parsed.reply.set(_error_reply(describe(exc)))
             return
-        LOG.info("%s: %s", path.name, result["message"], extra={"job": result["job"]})
-        path.unlink(missing_ok=True)
+        if parsed.inbox_path is not None:
+            LOG.info(
+                "%s: %s", parsed.inbox_path.name, result["message"], extra={"job": result["job"]}
+            )
+            parsed.inbox_path.unlink(missing_ok=True)
+        if parsed.reply is not None:
+            parsed.reply.set({"ok": True, "result": result})
 
-    def _reject(self, path: Path, info: ErrorInfo) -> None:
-        rejected = self.config.inbox / "rejected"
-        rejected.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(path, rejected / path.name)
-        except OSError as exc:
-            LOG.error("cannot move rejected manifest %s: %s", path, exc)
-            return
-        text = f"{info.message}\n\nWhat to do: {info.hint}\n(error code: {info.code})\n"
-        (rejected / f"{path.name}.error.txt").write_text(text)
-        LOG.error("rejected manifest %s: %s", path.name, info.message, extra={"code": info.code})
-        self.store.add_event(
-            "error", f"rejected manifest {path.name}: {info.message}", code=info.code
-        )
-
-    def intake(self, data: bytes, source_name: str, *, replace: bool) -> dict[str, Any]:
-        """Validate a manifest and turn it into a job (or recognise it as known)."""
-        manifest = parse_manifest(data, source_name)
-        root = self.config.data_root
-        dest = resolve_under(root, manifest.destination, "destination", source_name)
-        for field, relative in manifest.relative_paths():
-            resolve_under(dest, relative, field, source_name)
-        digest = manifest_digest(manifest)
-        existing = self.store.get_job(manifest.name)
-        carried: dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]] = {}
-        if existing is not None:
-            if existing.manifest_digest == digest:
-                return {"job": manifest.name, "created": False, "message": "already known"}
-            totals = self.store.job_totals(manifest.name)
-            if job_is_active(totals.counts, existing.finish) and not replace:
-                raise JobConflict(
-                    f"{source_name}: a different manifest for job '{manifest.name}' is"
-                    " active; it was not replaced",
-                    job=manifest.name,
-                )
-            carried = self._drop_job(manifest.name)
-        suffix = ".json" if data.lstrip()[:1] == b"{" else ".toml"
-        saved = self.manifests_dir / f"{manifest.name}{suffix}"
-        saved.write_bytes(data)
-        files = []
-        for i, f in enumerate(manifest.files):
-            spec = f.model_dump(mode="json")
-            old, checkpoint = carried.get((f.path, _spec_key(spec)), (None, None))
-            if old is not None and old.state == FileState.DONE:
-                files.append(NewFile(i, f.path, f.size, spec, "done", old.bytes_done))
-            elif old is not None:
-                files.append(NewFile(i, f.path, f.size, spec, "queued", old.bytes_done, checkpoint))
-            else:
-                files.append(NewFile(i, f.path, f.size, spec))
-        warnings = manifest.warnings()
-        self.store.add_job(
-            manifest.name,
-            manifest=manifest.model_dump(mode="json"),
-            manifest_digest=digest,
-            manifest_path=str(saved),
-            destination=str(dest.relative_to(root.resolve())),
-            warnings=warnings,
-            files=files,
-            finish="pending" if manifest.has_job_steps else None,
-        )
-        verb = "replaced" if existing is not None else "added"
-        self._event("info", f"job {verb}: {len(files)} file(s)", job_id=manifest.name)
-        for w in warnings:
-            self._event("warning", w, job_id=manifest.name)
-        return {"job": manifest.name, "created": True, "message": f"job {verb}"}
-
-    def _drop_job(
-        self, job_id: str
-    ) -> dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]]:
-        """Stop a job's transfers and delete it; return its files and their checkpoints,
-        so that a replacing manifest keeps what was already downloaded."""
+    def _drop_job(self, job_id: str) -> dict[tuple[str, str], Any]:
+        """Stop a job's transfers and delete it; return what its files carry over to a
+        replacing manifest (``Store.carry_over``)."""
         # The transfers must be off the job's files before the new job writes to the same
         # paths, but the state thread does not wait for them: they stay in ``_draining``
         # until they post their end, and the job's files do not start before that.
@@ -475,14 +429,10 @@ class Service:
             token, handle, _, _ = self._finishing.pop(job_id)
             handle.cancel()
             self._draining.setdefault(job_id, set()).add(token)
-        rows: dict[tuple[str, str], tuple[FileRow, dict[str, Any] | None]] = {}
-        offset = 0
-        while batch := self.store.job_files(job_id, offset=offset):
-            for row in batch:
-                rows[(row.path, _spec_key(row.spec))] = (row, self.store.load_checkpoint(row.id))
-            offset += len(batch)
+        carried = self.store.carry_over(job_id)
         self.store.delete_job(job_id)
-        return rows
+        self.manifests.drop(job_id)
+        return carried
 
     # -- disk guard and scheduling -----------------------------------------------------------
 
@@ -535,6 +485,14 @@ class Service:
                 continue  # started just now with another file of its torrent
             if row.job_id in self._draining and not self._drain_overdue(row.job_id):
                 continue  # the replaced job's transfers are still stopping
+            job = self.store.get_job(row.job_id)
+            try:
+                loading = job is not None and self.manifests.get(job) is None
+            except Exception as exc:  # the stored manifest is unusable: the file fails
+                self._fail(row, describe(exc))
+                continue
+            if loading:
+                continue
             wait = plan_start(row.size, row.bytes_done, self._committed(), self._disk)
             if wait is not None:
                 if row.reason != wait:
@@ -566,7 +524,7 @@ class Service:
         job = self.store.get_job(row.job_id)
         if job is None:
             return
-        spec = FileSpec.model_validate(row.spec)
+        spec = self.manifests.spec(job, row.idx)
         if row.digests is not None:
             # Fetched and verified before a stop: only what follows the fetch is left.
             if spec.unpack:
@@ -595,9 +553,25 @@ class Service:
             self._start_choosing(row, spec, mirrors)
             return
         if kind == "http":
-            self._start_http(row, spec, Manifest.model_validate(job.manifest), mirrors, event)
+            self._start_http(row, spec, job, mirrors, event)
         else:
             self._start_torrent(row, spec, event, web_seeds=mirrors if kind == "both" else [])
+
+    def _spec(self, row: FileRow) -> FileSpec:
+        """A file's spec, from its job's parsed manifest."""
+        job = self.store.get_job(row.job_id)
+        if job is None:
+            raise KeyError(row.job_id)
+        return self.manifests.spec(job, row.idx)
+
+    def _spec_if_loaded(self, row: FileRow) -> FileSpec | None:
+        job = self.store.get_job(row.job_id)
+        manifest = self.manifests.get(job) if job is not None else None
+        return manifest.files[row.idx] if manifest is not None else None
+
+    def _on_manifest_loaded(self, message: ManifestLoaded) -> None:
+        self.manifests.loaded(message)
+        self._maybe_finish(message.job_id)
 
     def _target(self, row: FileRow) -> Path:
         job = self.store.get_job(row.job_id)
@@ -620,7 +594,7 @@ class Service:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _start_http(
-        self, row: FileRow, spec: FileSpec, manifest: Manifest, mirrors: list[str], event: Event
+        self, row: FileRow, spec: FileSpec, job: JobRow, mirrors: list[str], event: Event
     ) -> None:
         avoid = (row.error or {}).get("details", {}).get("url") if row.error else None
         target = self._target(row)
@@ -634,7 +608,7 @@ class Service:
         )
         http = self.config.http
         options = HttpOptions(
-            connections=spec.connections or manifest.connections or http.connections_per_file,
+            connections=spec.connections or job.connections or http.connections_per_file,
             per_host_connections=http.per_host_connections,
             connect_timeout=http.connect_timeout,
             read_timeout=http.read_timeout,
@@ -642,7 +616,7 @@ class Service:
             min_speed_window=http.min_speed_window,
             max_tries=http.max_tries,
             checkpoint_interval=http.checkpoint_interval,
-            limiters=self._limiters(row.job_id, manifest.bandwidth_limit),
+            limiters=self._limiters(row.job_id, job.bandwidth_limit),
             host_slots=self.host_slots,
         )
         token = self._next_token()
@@ -786,7 +760,7 @@ class Service:
             return  # its torrent is already running for other files; it waits for them
         rows = [row]
         for other in self.store.files_in_state(FileState.QUEUED, job_id=row.job_id):
-            ospec = FileSpec.model_validate(other.spec).sources.torrent
+            ospec = self._spec(other).sources.torrent
             free = other.id != row.id and other.id not in self.active
             if free and ospec is not None and same_torrent(ospec, tspec):
                 rows.append(other)
@@ -794,7 +768,7 @@ class Service:
         digests: dict[str, dict[str, str]] = {}
         inner_of: dict[int, str] = {}
         for r in rows:
-            s = FileSpec.model_validate(r.spec)
+            s = self._spec(r)
             inner = (s.sources.torrent.file if s.sources.torrent else None) or s.path
             inner_of[r.id] = inner
             files[inner] = self._target(r)
@@ -932,7 +906,7 @@ class Service:
     def _maybe_leave_torrent(self, key: str, acts: list[Active], ev: tev.TorrentStalled) -> None:
         """A torrent with no data for the stall window falls back to the mirrors."""
         first = self.store.get_file(acts[0].file_id)
-        mirrors = FileSpec.model_validate(first.spec).sources.mirrors
+        mirrors = self._spec(first).sources.mirrors
         decision = reevaluate(
             RunningState(
                 current="torrent",
@@ -982,7 +956,7 @@ class Service:
 
     def _fetched(self, row: FileRow, digests: dict[str, str] | None, *, size: int) -> None:
         """A source delivered a verified file: run its unpack steps, or it is done."""
-        spec = FileSpec.model_validate(row.spec)
+        spec = self._spec(row)
         fields: dict[str, Any] = {"digests": digests or {}, "bytes_done": size}
         if spec.unpack:
             self._start_steps(row, spec, Event.FETCHED_UNPACK, verified=True, **fields)
@@ -1092,9 +1066,10 @@ class Service:
                 key=str(r.id),
                 name=Path(r.path).name,
                 size=r.size,
-                digests=FileSpec.model_validate(r.spec).digests,
+                digests=spec.digests,
             )
             for r in self.store.unfinished_named(path.name)
+            if (spec := self._spec_if_loaded(r)) is not None
         ]
         if not candidates:
             return
@@ -1145,7 +1120,7 @@ class Service:
         self._place_watched(row, message.path)
 
     def _place_watched(self, row: FileRow, path: Path) -> None:
-        spec = FileSpec.model_validate(row.spec)
+        spec = self._spec(row)
         size = path.stat().st_size
         self._event("info", f"found a completed copy: {path}", job_id=row.job_id, row=row)
         self._start_steps(
@@ -1166,10 +1141,14 @@ class Service:
         job = self.store.get_job(job_id)
         if job is None or job.finish != "pending" or job_id in self._finishing:
             return
+        if self.desk.busy(job_id):
+            return  # its files are still going into the store
         counts = self.store.job_totals(job_id).counts
         if set(counts) != {FileState.DONE}:
             return
-        manifest = Manifest.model_validate(job.manifest)
+        manifest = self.manifests.get(job)
+        if manifest is None:
+            return  # loading; _on_manifest_loaded calls again
         job_root = self.config.data_root / job.destination
         layouts: list[ImagenetValStep | FrameworkStep] = []
         for lay in manifest.layout:
@@ -1331,7 +1310,7 @@ class Service:
         mismatch = info.code == "verify.digest_mismatch"
         if mismatch:
             self.store.clear_checkpoint(row.id)
-        spec = FileSpec.model_validate(row.spec)
+        spec = self._spec(row)
         retry = (info.retryable or mismatch) and row.attempts < MAX_ATTEMPTS
         # Switching counts as an attempt too, so two broken sources cannot take turns forever.
         switchable = kind in ("torrent", "http") and row.attempts < MAX_ATTEMPTS
@@ -1440,6 +1419,19 @@ class Service:
 
     # -- control requests ---------------------------------------------------------------------
 
+    def _on_request_message(self, message: Request) -> None:
+        payload = message.payload
+        if payload.get("cmd") == "add":
+            # Parsed on the intake worker; the reply is set once the job is made.
+            self.intake.submit(
+                str(payload.get("text", "")).encode(),
+                str(payload.get("name") or "manifest.toml"),
+                replace=bool(payload.get("replace")),
+                reply=message.reply,
+            )
+            return
+        message.reply.set(self._on_request(payload))
+
     def _on_request(self, payload: dict[str, Any]) -> dict[str, Any]:
         cmd = payload["cmd"]
         try:
@@ -1447,11 +1439,6 @@ class Service:
                 return {"ok": True, "result": self.snapshot()}
             if cmd == "show":
                 return {"ok": True, "result": self.show(str(payload.get("job", "")))}
-            if cmd == "add":
-                text = str(payload.get("text", "")).encode()
-                name = str(payload.get("name") or "manifest.toml")
-                replace = bool(payload.get("replace"))
-                return {"ok": True, "result": self.intake(text, name, replace=replace)}
             if cmd in ("pause", "resume", "cancel", "retry"):
                 return {"ok": True, "result": self.command(cmd, str(payload.get("job", "")))}
             if cmd == "doctor":
@@ -1508,13 +1495,18 @@ class Service:
     def snapshot(self) -> dict[str, Any]:
         """The status snapshot described in docs/architecture.md."""
         jobs = []
+        # Two queries whatever the number of jobs and files: the totals of every job, and
+        # the stored progress of the files in flight (their live progress replaces it).
+        all_totals = self.store.all_totals()
+        stored = self.store.bytes_done_of(self.active)
+        empty = JobTotals({}, 0, 0, 0)
         for job in self.store.list_jobs():
-            totals = self.store.job_totals(job.id)
+            totals = all_totals.get(job.id, empty)
             mine = [a for a in self.active.values() if a.job_id == job.id]
             fetching = [a for a in mine if a.kind in ("http", "torrent")]
             speed = sum(a.rate for a in fetching)
             done_bytes = totals.bytes_done + sum(
-                a.bytes_done - self._stored_done(a) for a in fetching
+                a.bytes_done - stored.get(a.file_id, 0) for a in fetching
             )
             remaining = (
                 (totals.bytes_total - done_bytes) if totals.bytes_total is not None else None
@@ -1587,12 +1579,6 @@ class Service:
             "detail": a.detail,
             "step": a.step,
         }
-
-    def _stored_done(self, act: Active) -> int:
-        try:
-            return self.store.get_file(act.file_id).bytes_done
-        except KeyError:
-            return 0
 
     def _job_reason(self, job_id: str, counts: dict[str, int]) -> str | None:
         """The most useful one-line reason for a job that is not moving."""
@@ -1693,12 +1679,6 @@ class Service:
         prefix = f"[{job_id}{'/' + path if path else ''}] " if job_id else ""
         LOG.log(logging.getLevelName(level.upper()), "%s%s", prefix, message, extra=extra)
         self.store.add_event(level, message, job_id=job_id, file_id=file_id, code=code)
-
-
-def _spec_key(spec: dict[str, Any]) -> str:
-    """What must match for a file's progress to carry over to a replacing manifest."""
-    digests = {k: spec.get(k) for k in ("sha256", "sha1", "md5", "blake2b") if spec.get(k)}
-    return repr((spec.get("size"), sorted(digests.items())))
 
 
 def _error_reply(info: ErrorInfo) -> dict[str, Any]:

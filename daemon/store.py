@@ -80,7 +80,35 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN finish TEXT;
     ALTER TABLE jobs ADD COLUMN finish_error TEXT;
     """,
+    # 4: the manifest lives on disk (manifest_path, parsed once per job by the daemon);
+    # the settings the daemon reads per job are columns, and the kind of job (files;
+    # URL lists later). A file keeps only ``expect`` (its size and checksums, which must
+    # match for its progress to carry over to a replacing manifest); ``complete`` is 0
+    # while a job's file rows are still being put in, in chunks. After this step,
+    # _after_v4 writes out any manifest missing on disk and fills ``expect``.
+    """
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'files';
+    ALTER TABLE jobs ADD COLUMN connections INTEGER;
+    ALTER TABLE jobs ADD COLUMN bandwidth_limit INTEGER;
+    UPDATE jobs SET connections = json_extract(manifest_json, '$.connections'),
+        bandwidth_limit = json_extract(manifest_json, '$.bandwidth_limit');
+    ALTER TABLE files ADD COLUMN expect TEXT;
+    ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
+    """,
+    # 5: the copies of the manifest in the database go (every file's spec is in it).
+    """
+    ALTER TABLE jobs DROP COLUMN manifest_json;
+    ALTER TABLE files DROP COLUMN spec;
+    """,
 )
+
+DIGEST_NAMES = ("sha256", "sha1", "md5", "blake2b", "sha512")
+
+
+def expect_key(size: int | None, digests: dict[str, str]) -> str:
+    """What must match for a file's progress to carry over to a replacing manifest."""
+    return json.dumps([size, sorted((k, v.lower()) for k, v in digests.items())])
+
 
 # Events kept per job (and for daemon-wide events): enough for `show` and the TUI.
 EVENTS_KEPT = 500
@@ -95,10 +123,13 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class NewFile:
+    """A file row to create: its index in the manifest, path, size, and what carries
+    over from a replaced job (state, progress, checkpoint)."""
+
     idx: int
     path: str
     size: int | None
-    spec: dict[str, Any]
+    expect: str | None = None
     state: str = "queued"
     bytes_done: int = 0
     checkpoint: dict[str, Any] | None = None
@@ -106,9 +137,10 @@ class NewFile:
 
 @dataclass(frozen=True)
 class JobRow:
+    """A job: its manifest (on disk, at ``manifest_path``) and the settings read per job."""
+
     id: str
     seq: int
-    manifest: dict[str, Any]
     manifest_digest: str
     manifest_path: str
     destination: str
@@ -116,6 +148,10 @@ class JobRow:
     created: float
     finish: str | None = None
     finish_error: dict[str, Any] | None = None
+    kind: str = "files"
+    connections: int | None = None
+    bandwidth_limit: int | None = None
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -125,7 +161,6 @@ class FileRow:
     idx: int
     path: str
     size: int | None
-    spec: dict[str, Any]
     state: str
     reason: str | None
     error: dict[str, Any] | None
@@ -135,6 +170,7 @@ class FileRow:
     source: str | None
     digests: dict[str, str] | None
     plan: dict[str, Any] | None = None
+    expect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,13 +182,15 @@ class JobTotals:
 
 
 _JOB_COLUMNS = (
-    "id, seq, manifest_json, manifest_digest, manifest_path, destination, warnings, created,"
-    " finish, finish_error"
+    "id, seq, manifest_digest, manifest_path, destination, warnings, created,"
+    " finish, finish_error, kind, connections, bandwidth_limit, complete"
 )
 _FILE_COLUMNS = (
-    "id, job_id, idx, path, size, spec, state, reason, error, bytes_done, attempts,"
-    " not_before, source, digests, plan"
+    "id, job_id, idx, path, size, state, reason, error, bytes_done, attempts,"
+    " not_before, source, digests, plan, expect"
 )
+# Rows inserted per statement batch: a job of 100,000 files goes in as many short writes.
+CHUNK = 2000
 
 
 def _file_row(r: tuple[Any, ...]) -> FileRow:
@@ -162,16 +200,16 @@ def _file_row(r: tuple[Any, ...]) -> FileRow:
         idx=r[2],
         path=r[3],
         size=r[4],
-        spec=json.loads(r[5]),
-        state=r[6],
-        reason=r[7],
-        error=json.loads(r[8]) if r[8] else None,
-        bytes_done=r[9],
-        attempts=r[10],
-        not_before=r[11],
-        source=r[12],
-        digests=json.loads(r[13]) if r[13] else None,
-        plan=json.loads(r[14]) if r[14] else None,
+        state=r[5],
+        reason=r[6],
+        error=json.loads(r[7]) if r[7] else None,
+        bytes_done=r[8],
+        attempts=r[9],
+        not_before=r[10],
+        source=r[11],
+        digests=json.loads(r[12]) if r[12] else None,
+        plan=json.loads(r[13]) if r[13] else None,
+        expect=r[14],
     )
 
 
@@ -212,7 +250,31 @@ class Store:
             with self._tx():
                 for statement in _statements(MIGRATIONS[i]):
                     self._db.execute(statement)
+                if i == 3:
+                    self._after_v4()
                 self._db.execute(f"PRAGMA user_version = {i + 1}")
+
+    def _after_v4(self) -> None:
+        """Before the manifests leave the database: any job whose manifest file is gone
+        gets the stored copy written into the state dir, so that nothing is lost; every
+        file's ``expect`` is taken from its stored spec."""
+        rows = self._db.execute("SELECT id, size, spec FROM files").fetchall()
+        self._db.executemany(
+            "UPDATE files SET expect = ? WHERE id = ?",
+            [
+                (expect_key(size, _spec_digests(json.loads(spec))), file_id)
+                for file_id, size, spec in rows
+            ],
+        )
+        folder = self.path.parent / "manifests"
+        rows = self._db.execute("SELECT id, manifest_json, manifest_path FROM jobs").fetchall()
+        for job_id, text, manifest_path in rows:
+            if Path(manifest_path).is_file():
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            saved = folder / f"{job_id}.json"
+            saved.write_text(text)
+            self._db.execute("UPDATE jobs SET manifest_path = ? WHERE id = ?", (str(saved), job_id))
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -230,54 +292,84 @@ class Store:
         self,
         job_id: str,
         *,
-        manifest: dict[str, Any],
         manifest_digest: str,
         manifest_path: str,
         destination: str,
         warnings: list[str],
-        files: Iterable[NewFile],
+        files: Iterable[NewFile] = (),
         finish: str | None = None,
+        kind: str = "files",
+        connections: int | None = None,
+        bandwidth_limit: int | None = None,
+        complete: bool = True,
     ) -> None:
-        """Create a job and its files in one transaction (``finish``: 'pending' when the
-        job has steps to run once every file is done)."""
+        """Create a job (and, in the same transaction, ``files``; a large job's files go
+        in with ``add_files`` in chunks). ``finish`` is 'pending' when the job has steps
+        to run once every file is done."""
         now = time.time()
         with self._tx():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     seq,
-                    json.dumps(manifest),
                     manifest_digest,
                     manifest_path,
                     destination,
                     json.dumps(warnings),
                     now,
-                    now,
                     finish,
+                    kind,
+                    connections,
+                    bandwidth_limit,
+                    int(complete),
+                    now,
                 ),
             )
-            for f in files:
-                cur = self._db.execute(
-                    "INSERT INTO files (job_id, idx, path, size, spec, state, bytes_done, updated)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        f.idx,
-                        f.path,
-                        f.size,
-                        json.dumps(f.spec),
-                        f.state,
-                        f.bytes_done,
-                        now,
-                    ),
-                )
-                if f.checkpoint is not None:
-                    self._db.execute(
-                        "INSERT INTO checkpoints VALUES (?, ?, ?)",
-                        (cur.lastrowid, json.dumps(f.checkpoint), now),
-                    )
+            self._insert_files(job_id, list(files), now)
+
+    def set_complete(self, job_id: str) -> None:
+        """Every file row of the job is in."""
+        self._db.execute("UPDATE jobs SET complete = 1 WHERE id = ?", (job_id,))
+
+    def incomplete_jobs(self) -> list[JobRow]:
+        """Jobs whose file rows were not all in when the daemon stopped."""
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE complete = 0").fetchall()
+        return [_job_row(r) for r in rows]
+
+    def carry_over(self, job_id: str) -> dict[tuple[str, str], tuple[str, int, Any]]:
+        """(path, expect) -> (state, bytes_done, checkpoint) of the job's files that have
+        something to carry over to a replacing manifest, in one query."""
+        rows = self._db.execute(
+            "SELECT f.path, f.expect, f.state, f.bytes_done, c.state FROM files f"
+            " LEFT JOIN checkpoints c ON c.file_id = f.id"
+            " WHERE f.job_id = ? AND (f.state = 'done' OR f.bytes_done > 0 OR c.state IS NOT NULL)",
+            (job_id,),
+        ).fetchall()
+        return {
+            (path, expect or ""): (state, done, json.loads(cp) if cp else None)
+            for path, expect, state, done, cp in rows
+        }
+
+    def add_files(self, job_id: str, files: list[NewFile]) -> None:
+        """Add one chunk of a job's files in one short transaction."""
+        with self._tx():
+            self._insert_files(job_id, files, time.time())
+
+    def _insert_files(self, job_id: str, files: list[NewFile], now: float) -> None:
+        self._db.executemany(
+            "INSERT INTO files (job_id, idx, path, size, expect, state, bytes_done, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(job_id, f.idx, f.path, f.size, f.expect, f.state, f.bytes_done, now) for f in files],
+        )
+        carried = [f for f in files if f.checkpoint is not None]
+        if carried:
+            self._db.executemany(
+                "INSERT INTO checkpoints SELECT id, ?, ? FROM files WHERE job_id = ? AND idx = ?",
+                [(json.dumps(f.checkpoint), now, job_id, f.idx) for f in carried],
+            )
 
     def delete_job(self, job_id: str) -> None:
         with self._tx():
@@ -309,16 +401,28 @@ class Store:
             " FROM files WHERE job_id = ? GROUP BY state",
             (job_id,),
         ).fetchall()
-        counts = {r[0]: r[1] for r in rows}
-        files_total = sum(counts.values())
-        sized = sum(r[3] for r in rows)
-        bytes_total = sum(r[2] or 0 for r in rows) if sized == files_total else None
-        return JobTotals(
-            counts=counts,
-            files_total=files_total,
-            bytes_total=bytes_total,
-            bytes_done=sum(r[4] or 0 for r in rows),
-        )
+        return _totals(rows)
+
+    def all_totals(self) -> dict[str, JobTotals]:
+        """``job_totals`` of every job, in one query."""
+        rows = self._db.execute(
+            "SELECT job_id, state, COUNT(*), SUM(size), COUNT(size), SUM(bytes_done)"
+            " FROM files GROUP BY job_id, state"
+        ).fetchall()
+        by_job: dict[str, list[tuple[Any, ...]]] = {}
+        for r in rows:
+            by_job.setdefault(r[0], []).append(r[1:])
+        return {job_id: _totals(rows) for job_id, rows in by_job.items()}
+
+    def bytes_done_of(self, file_ids: Iterable[int]) -> dict[int, int]:
+        """The stored progress of some files (those in flight), in one query."""
+        ids = list(file_ids)
+        if not ids:
+            return {}
+        rows = self._db.execute(
+            f"SELECT id, bytes_done FROM files WHERE id IN ({','.join('?' * len(ids))})", ids
+        ).fetchall()
+        return dict(rows)
 
     def state_counts(self) -> dict[str, int]:
         """Files in each state over all jobs."""
@@ -527,14 +631,35 @@ def _job_row(r: tuple[Any, ...]) -> JobRow:
     return JobRow(
         id=r[0],
         seq=r[1],
-        manifest=json.loads(r[2]),
-        manifest_digest=r[3],
-        manifest_path=r[4],
-        destination=r[5],
-        warnings=json.loads(r[6]),
-        created=r[7],
-        finish=r[8],
-        finish_error=json.loads(r[9]) if r[9] else None,
+        manifest_digest=r[2],
+        manifest_path=r[3],
+        destination=r[4],
+        warnings=json.loads(r[5]),
+        created=r[6],
+        finish=r[7],
+        finish_error=json.loads(r[8]) if r[8] else None,
+        kind=r[9],
+        connections=r[10],
+        bandwidth_limit=r[11],
+        complete=bool(r[12]),
+    )
+
+
+def _spec_digests(spec: dict[str, Any]) -> dict[str, str]:
+    return {k: str(spec[k]) for k in DIGEST_NAMES if spec.get(k)}
+
+
+def _totals(rows: list[tuple[Any, ...]]) -> JobTotals:
+    """Totals from (state, count, sum of sizes, count of sizes, sum of progress) rows."""
+    counts = {r[0]: r[1] for r in rows}
+    files_total = sum(counts.values())
+    sized = sum(r[3] for r in rows)
+    bytes_total = sum(r[2] or 0 for r in rows) if sized == files_total else None
+    return JobTotals(
+        counts=counts,
+        files_total=files_total,
+        bytes_total=bytes_total,
+        bytes_done=sum(r[4] or 0 for r in rows),
     )
 
 
