@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,7 +155,7 @@ class Active:
     path: str
     token: int
     size: int | None
-    thread: threading.Thread | None
+    thread: threading.Thread | Future[None] | None  # what to wait for at shutdown
     source: str
     kind: str = "http"  # http, torrent, choosing, verify, unpack
     handle: Cancellable | None = None
