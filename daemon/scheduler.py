@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("acquired.service")
 
 DISK_WAIT = "waiting for disk"
+# Files of known size up to SMALL_FILE go in a lane of their own, SMALL_LANE at once,
+# beside the max_concurrent_files large ones: for a small file the round trips, not the
+# bandwidth, are the cost, so more of them at once is what makes a job of thousands of
+# them fast without letting big transfers crowd the disk or the network.
+SMALL_FILE = 1 << 20
+SMALL_LANE = 32
+
+
+def is_small(size: int | None) -> bool:
+    """Whether a file goes in the small-file lane."""
+    return size is not None and size <= SMALL_FILE
 
 
 class DiskView(NamedTuple):
@@ -112,15 +123,21 @@ class Scheduler:
     def schedule(self) -> None:
         if self.svc.stopping:
             return
-        slots = self.svc.config.max_concurrent_files - len(self.svc.active)
-        if slots <= 0:
+        n_small = sum(1 for a in self.svc.active.values() if is_small(a.size))
+        free = {
+            False: self.svc.config.max_concurrent_files - (len(self.svc.active) - n_small),
+            True: SMALL_LANE - n_small,
+        }
+        if free[False] <= 0 and free[True] <= 0:
             return
         # Look a little past the free slots so files waiting for disk do not block
         # smaller ones behind them.
-        rows = self.svc.store.next_queued(time.time(), limit=slots + 32, skip=self.svc.active)
+        limit = max(free[False], 0) + max(free[True], 0) + 32
+        rows = self.svc.store.next_queued(time.time(), limit=limit, skip=self.svc.active)
         for row in rows:
-            if slots <= 0:
-                break
+            lane = is_small(row.size)
+            if free[lane] <= 0:
+                continue
             if row.id in self.svc.active:
                 continue  # started just now with another file of its torrent
             if row.job_id in self.draining and not self.drain_overdue(row.job_id):
@@ -137,10 +154,15 @@ class Scheduler:
             if wait is not None:
                 if row.reason != wait:
                     self.svc.store.set_reason(row.id, wait)
-                    self.svc.event("info", wait, job_id=row.job_id, row=row)
+                    # The reason is logged when the wait starts, not each time a figure
+                    # in it (the free space) moves.
+                    if not (row.reason or "").startswith(DISK_WAIT):
+                        self.svc.event("info", wait, job_id=row.job_id, row=row)
                 continue
+            if (row.reason or "").startswith(DISK_WAIT):
+                self.svc.event("info", "space is there: starting", job_id=row.job_id, row=row)
             self.start_guarded(row)
-            slots -= 1
+            free[lane] -= 1
 
     def start_guarded(self, row: FileRow) -> None:
         """Start one file; a failure to start fails that file alone, with its code and

@@ -17,98 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from acquired.daemon.lifecycle import Event, decide, sources_of
+from acquired.daemon.schema import MIGRATIONS, expect_key, spec_digests
 
-# Each entry moves the schema from version i to i + 1. Never edit a released entry:
-# append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL,
-        manifest_json TEXT NOT NULL,
-        manifest_digest TEXT NOT NULL,
-        manifest_path TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        warnings TEXT NOT NULL DEFAULT '[]',
-        created REAL NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE files (
-        id INTEGER PRIMARY KEY,
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        size INTEGER,
-        spec TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT,
-        error TEXT,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        not_before REAL NOT NULL DEFAULT 0,
-        source TEXT,
-        digests TEXT,
-        updated REAL NOT NULL,
-        UNIQUE (job_id, idx)
-    );
-    CREATE INDEX files_by_job_state ON files (job_id, state);
-    CREATE INDEX files_by_state ON files (state, not_before);
-    CREATE TABLE checkpoints (
-        file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
-        state TEXT NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL,
-        level TEXT NOT NULL,
-        job_id TEXT,
-        file_id INTEGER,
-        code TEXT,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX events_by_job ON events (job_id, id);
-    """,
-    # 2: the source chosen for a file ({"source": "torrent"|"http"|"both", "reason": ...}),
-    # kept so that a restart continues with the same source instead of probing again.
-    """
-    ALTER TABLE files ADD COLUMN plan TEXT;
-    """,
-    # 3: job-level steps (checksum files, layouts, listings) run once every file is done:
-    # NULL (none), 'pending', 'running', 'done' or 'failed'; finish_error holds the error.
-    """
-    ALTER TABLE jobs ADD COLUMN finish TEXT;
-    ALTER TABLE jobs ADD COLUMN finish_error TEXT;
-    """,
-    # 4: the manifest lives on disk (manifest_path, parsed once per job by the daemon);
-    # the settings the daemon reads per job are columns, and the kind of job (files;
-    # URL lists later). A file keeps only ``expect`` (its size and checksums, which must
-    # match for its progress to carry over to a replacing manifest); ``complete`` is 0
-    # while a job's file rows are still being put in, in chunks. After this step,
-    # _after_v4 writes out any manifest missing on disk and fills ``expect``.
-    """
-    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'files';
-    ALTER TABLE jobs ADD COLUMN connections INTEGER;
-    ALTER TABLE jobs ADD COLUMN bandwidth_limit INTEGER;
-    UPDATE jobs SET connections = json_extract(manifest_json, '$.connections'),
-        bandwidth_limit = json_extract(manifest_json, '$.bandwidth_limit');
-    ALTER TABLE files ADD COLUMN expect TEXT;
-    ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
-    """,
-    # 5: the copies of the manifest in the database go (every file's spec is in it).
-    """
-    ALTER TABLE jobs DROP COLUMN manifest_json;
-    ALTER TABLE files DROP COLUMN spec;
-    """,
-)
-
-DIGEST_NAMES = ("sha256", "sha1", "md5", "blake2b", "sha512")
-
-
-def expect_key(size: int | None, digests: dict[str, str]) -> str:
-    """What must match for a file's progress to carry over to a replacing manifest."""
-    return json.dumps([size, sorted((k, v.lower()) for k, v in digests.items())])
-
+__all__ = ["MIGRATIONS", "Store", "expect_key"]
 
 # Events kept per job (and for daemon-wide events): enough for `show` and the TUI.
 EVENTS_KEPT = 500
@@ -218,6 +129,7 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._jobs: dict[str, JobRow] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
@@ -262,7 +174,7 @@ class Store:
         self._db.executemany(
             "UPDATE files SET expect = ? WHERE id = ?",
             [
-                (expect_key(size, _spec_digests(json.loads(spec))), file_id)
+                (expect_key(size, spec_digests(json.loads(spec))), file_id)
                 for file_id, size, spec in rows
             ],
         )
@@ -278,6 +190,18 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        # Inside a batch, a savepoint: the statements stay all-or-nothing, and the batch
+        # commits them with the rest.
+        if self._db.in_transaction:
+            self._db.execute("SAVEPOINT tx")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO tx")
+                self._db.execute("RELEASE tx")
+                raise
+            self._db.execute("RELEASE tx")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -285,6 +209,20 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group every write of one turn of the state loop into one transaction: a job
+        of thousands of small files costs one commit per turn, not several per file.
+        Writes made before an error inside the batch are kept (as without a batch)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -307,6 +245,7 @@ class Store:
         in with ``add_files`` in chunks). ``finish`` is 'pending' when the job has steps
         to run once every file is done."""
         now = time.time()
+        self._jobs.pop(job_id, None)
         with self._tx():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
@@ -332,6 +271,7 @@ class Store:
 
     def set_complete(self, job_id: str) -> None:
         """Every file row of the job is in."""
+        self._jobs.pop(job_id, None)
         self._db.execute("UPDATE jobs SET complete = 1 WHERE id = ?", (job_id,))
 
     def incomplete_jobs(self) -> list[JobRow]:
@@ -372,15 +312,25 @@ class Store:
             )
 
     def delete_job(self, job_id: str) -> None:
+        """Delete a job with its files, checkpoints cascading."""
+        self._jobs.pop(job_id, None)
         with self._tx():
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def get_job(self, job_id: str) -> JobRow | None:
+        """A job's row. Kept in memory until the store itself changes the job (it is the
+        only writer): the scheduler asks for it for every file it starts."""
+        cached = self._jobs.get(job_id)
+        if cached is not None:
+            return cached
         r = self._db.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
-        return _job_row(r) if r else None
+        if r is None:
+            return None
+        job = self._jobs[job_id] = _job_row(r)
+        return job
 
     def list_jobs(self) -> list[JobRow]:
         rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq").fetchall()
@@ -390,6 +340,7 @@ class Store:
         self, job_id: str, finish: str | None, error: dict[str, Any] | None = None
     ) -> None:
         """Record the state of a job's own steps (and their error, if they failed)."""
+        self._jobs.pop(job_id, None)
         self._db.execute(
             "UPDATE jobs SET finish = ?, finish_error = ?, updated = ? WHERE id = ?",
             (finish, json.dumps(error) if error else None, time.time(), job_id),
@@ -566,6 +517,7 @@ class Store:
             (decide(states[0], Event.RESTART).state, *states),
         )
         self._db.execute("UPDATE jobs SET finish = 'pending' WHERE finish = 'running'")
+        self._jobs.clear()
         return cur.rowcount
 
     # -- checkpoints --------------------------------------------------------------------
@@ -643,10 +595,6 @@ def _job_row(r: tuple[Any, ...]) -> JobRow:
         bandwidth_limit=r[11],
         complete=bool(r[12]),
     )
-
-
-def _spec_digests(spec: dict[str, Any]) -> dict[str, str]:
-    return {k: str(spec[k]) for k in DIGEST_NAMES if spec.get(k)}
 
 
 def _totals(rows: list[tuple[Any, ...]]) -> JobTotals:

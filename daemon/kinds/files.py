@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from acquired.daemon.errors import DaemonError, describe
 from acquired.daemon.lifecycle import Event
 from acquired.daemon.manifest import FileSpec
 from acquired.daemon.messages import SourceChosen, SourceEvent, StepProgress
-from acquired.daemon.scheduler import order_mirrors
+from acquired.daemon.scheduler import is_small, order_mirrors
 from acquired.daemon.store import FileRow, JobRow
 from acquired.daemon.units import format_bytes
 from acquired.sources.choice import Decision
@@ -37,6 +38,10 @@ class NoUsableSource(DaemonError):
     )
 
 
+# Seconds between the job-level events that sum up small files done.
+BULK_EVERY = 10.0
+
+
 class FilesKind:
     """Jobs of files listed in a manifest (``kind = 'files'``)."""
 
@@ -45,6 +50,21 @@ class FilesKind:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
         self.job_limiters: dict[str, RateLimiter] = {}
+        # Small files done per job since the last job-level event: [count, bytes, since].
+        self.bulk: dict[str, list[float]] = {}
+
+    def flush_bulk(self, *, every: float = BULK_EVERY) -> None:
+        """One event per job for the small files done lately, instead of one per file."""
+        now = time.monotonic()
+        for job_id, (count, size, since) in list(self.bulk.items()):
+            if now - since >= every:
+                del self.bulk[job_id]
+                self.svc.event(
+                    "info",
+                    f"{count:.0f} small file(s) done ({format_bytes(int(size))}, verified)"
+                    f" in the last {now - since:.0f} s",
+                    job_id=job_id,
+                )
 
     def handlers(self) -> dict[type, Any]:
         """The messages this kind's runners post, and who handles them."""
@@ -127,7 +147,8 @@ class FilesKind:
             return
         download, future = self.svc.http_runner.start(row.id, token, request, options)
         self.svc.active[row.id] = self.svc.track(row, token, future, source=source, handle=download)
-        self.svc.event("info", f"fetching from {source}", job_id=row.job_id, row=row)
+        if not is_small(row.size):  # small files are summed up per job (flush_bulk)
+            self.svc.event("info", f"fetching from {source}", job_id=row.job_id, row=row)
 
     def limiters(self, job_id: str, job_limit: int | None) -> tuple[RateLimiter, ...]:
         if not job_limit:
@@ -220,6 +241,12 @@ class FilesKind:
         fields: dict[str, Any] = {"digests": digests or {}, "bytes_done": size}
         if spec.unpack:
             self.start_steps(row, spec, Event.FETCHED_UNPACK, **fields)
+            return
+        if is_small(row.size):
+            counts = self.bulk.setdefault(row.job_id, [0, 0, time.monotonic()])
+            counts[0] += 1
+            counts[1] += size
+            self.svc.move(row.id, Event.FETCHED, **fields)
             return
         note = f"done ({format_bytes(size)}, verified)"
         self.svc.move(row.id, Event.FETCHED, say=("info", note), **fields)
