@@ -88,6 +88,8 @@ class Scheduler:
         self.drain_since: dict[str, float] = {}
 
     def check_disk(self, *, force: bool = False) -> None:
+        """Read free space; pause transfers below the reserve, resume disk pauses when it is
+        back."""
         now = time.monotonic()
         if not force and now - self.last_check < 2.0:
             return
@@ -118,9 +120,11 @@ class Scheduler:
                 self.svc.event("info", "space is back; resuming", job_id=row.job_id, row=row)
 
     def committed(self) -> int:
+        """Bytes the files in flight still have to write."""
         return sum(max((a.size or 0) - a.bytes_done, 0) for a in self.svc.active.values())
 
     def schedule(self) -> None:
+        """Start queued files while slots and disk allow."""
         if self.svc.stopping:
             return
         n_small = sum(1 for a in self.svc.active.values() if is_small(a.size))

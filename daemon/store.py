@@ -145,10 +145,12 @@ class Store:
             raise StoreError(f"{path}: {exc}") from exc
 
     def close(self) -> None:
+        """Close the connection."""
         self._db.close()
 
     @property
     def schema_version(self) -> int:
+        """The schema version of the database (``PRAGMA user_version``)."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
@@ -333,6 +335,7 @@ class Store:
         return job
 
     def list_jobs(self) -> list[JobRow]:
+        """Every job, oldest first."""
         rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq").fetchall()
         return [_job_row(r) for r in rows]
 
@@ -347,6 +350,7 @@ class Store:
         )
 
     def job_totals(self, job_id: str) -> JobTotals:
+        """Files per state, sizes and progress of one job, in one query."""
         rows = self._db.execute(
             "SELECT state, COUNT(*), SUM(size), COUNT(size), SUM(bytes_done)"
             " FROM files WHERE job_id = ? GROUP BY state",
@@ -382,6 +386,7 @@ class Store:
     # -- files --------------------------------------------------------------------------
 
     def get_file(self, file_id: int) -> FileRow:
+        """A file's row; KeyError if there is none."""
         r = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))
         row = r.fetchone()
         if row is None:
@@ -389,6 +394,7 @@ class Store:
         return _file_row(row)
 
     def job_files(self, job_id: str, *, offset: int = 0, limit: int = 1000) -> list[FileRow]:
+        """A page of a job's files, in manifest order."""
         rows = self._db.execute(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = ? ORDER BY idx LIMIT ? OFFSET ?",
             (job_id, limit, offset),
@@ -396,6 +402,7 @@ class Store:
         return [_file_row(r) for r in rows]
 
     def files_in_state(self, state: str, *, job_id: str | None = None) -> list[FileRow]:
+        """Files in ``state`` (of one job, in manifest order, if given)."""
         if job_id is None:
             q = f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? ORDER BY id"
             rows = self._db.execute(q, (state,)).fetchall()
@@ -498,9 +505,11 @@ class Store:
         )
 
     def set_reason(self, file_id: int, reason: str | None) -> None:
+        """Set why a file waits, without changing its state."""
         self._db.execute("UPDATE files SET reason = ? WHERE id = ?", (reason, file_id))
 
     def set_progress(self, file_id: int, bytes_done: int) -> None:
+        """Record a file's progress."""
         self._db.execute(
             "UPDATE files SET bytes_done = ?, updated = ? WHERE id = ?",
             (bytes_done, time.time(), file_id),
@@ -537,11 +546,13 @@ class Store:
             )
 
     def load_checkpoint(self, file_id: int) -> dict[str, Any] | None:
+        """A file's resume state, if any."""
         r = self._db.execute("SELECT state FROM checkpoints WHERE file_id = ?", (file_id,))
         row = r.fetchone()
         return json.loads(row[0]) if row else None
 
     def clear_checkpoint(self, file_id: int) -> None:
+        """Forget a file's resume state."""
         self._db.execute("DELETE FROM checkpoints WHERE file_id = ?", (file_id,))
 
     # -- events -------------------------------------------------------------------------
@@ -555,6 +566,7 @@ class Store:
         file_id: int | None = None,
         code: str | None = None,
     ) -> None:
+        """Add a line to the event log (trimmed per job)."""
         cur = self._db.execute(
             "INSERT INTO events (ts, level, job_id, file_id, code, message)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -569,6 +581,7 @@ class Store:
             )
 
     def recent_events(self, *, limit: int = 20, job_id: str | None = None) -> list[dict[str, Any]]:
+        """The last events (of one job, if given), oldest first."""
         if job_id is None:
             q = "SELECT ts, level, job_id, file_id, code, message FROM events"
             rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()

@@ -8,11 +8,13 @@ import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from acquired.daemon.errors import DaemonError, describe
 from acquired.daemon.lifecycle import Event
 from acquired.daemon.manifest import FileSpec
 from acquired.daemon.messages import SourceChosen, SourceEvent, StepProgress
+from acquired.daemon.outcomes import ordinal
 from acquired.daemon.scheduler import is_small, order_mirrors
 from acquired.daemon.store import FileRow, JobRow
 from acquired.daemon.units import format_bytes
@@ -118,6 +120,7 @@ class FilesKind:
     def start_http(
         self, row: FileRow, spec: FileSpec, job: JobRow, mirrors: list[str], event: Event
     ) -> None:
+        """Fetch the file from its mirrors on the HTTP runner."""
         avoid = (row.error or {}).get("details", {}).get("url") if row.error else None
         target = self.svc.target(row)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,9 @@ class FilesKind:
         )
         token = self.svc.next_token()
         source = "http" if len(mirrors) == 1 else f"http {len(mirrors)} mirrors"
-        if self.svc.move(row.id, event, source="http") is None:
+        # The last error stays shown while the file is tried again (and tells a repeated
+        # checksum mismatch from a new one).
+        if self.svc.move(row.id, event, source="http", error=row.error) is None:
             return
         download, future = self.svc.http_runner.start(row.id, token, request, options)
         self.svc.active[row.id] = self.svc.track(row, token, future, source=source, handle=download)
@@ -151,6 +156,7 @@ class FilesKind:
             self.svc.event("info", f"fetching from {source}", job_id=row.job_id, row=row)
 
     def limiters(self, job_id: str, job_limit: int | None) -> tuple[RateLimiter, ...]:
+        """The rate limiters of a transfer: the daemon's, and the job's if it sets one."""
         if not job_limit:
             return (self.svc.limiter,)
         limiter = self.job_limiters.get(job_id)
@@ -161,6 +167,7 @@ class FilesKind:
         return (self.svc.limiter, limiter)
 
     def on_source_event(self, message: SourceEvent) -> None:
+        """Progress, checkpoints, retries and dropped mirrors of an HTTP transfer."""
         act = self.svc.active.get(message.file_id)
         ev = message.event
         if act is None or act.token != message.token:
@@ -181,12 +188,12 @@ class FilesKind:
         elif isinstance(ev, http_events.Checkpoint):
             self.svc.store.save_checkpoint(act.file_id, ev.state, act.bytes_done)
         elif isinstance(ev, http_events.Retrying):
-            self.svc.event(
-                "warning",
-                f"retrying {ev.url} in {ev.delay:.1f}s (attempt {ev.attempt}): {ev.reason}",
-                job_id=act.job_id,
-                file_id=act.file_id,
+            # The host only: a URL may carry a token.
+            host = urlsplit(ev.url).hostname or "the mirror"
+            act.detail = (
+                f"retrying {host} in {ev.delay:.0f} s: {ev.reason} ({ordinal(ev.attempt)} try)"
             )
+            self.svc.event("warning", act.detail, job_id=act.job_id, file_id=act.file_id)
         elif isinstance(ev, http_events.MirrorDropped):
             self.svc.event(
                 "warning",
@@ -202,6 +209,7 @@ class FilesKind:
             )
 
     def start_choosing(self, row: FileRow, spec: FileSpec, mirrors: list[str]) -> None:
+        """Probe the swarm and the mirrors of a file that has both."""
         engine, tspec = self.svc.torrents, spec.sources.torrent
         assert engine is not None and tspec is not None
         token = self.svc.next_token()
@@ -222,6 +230,7 @@ class FilesKind:
         )
 
     def on_source_chosen(self, message: SourceChosen) -> None:
+        """The probe chose a source: record the plan and start the transfer."""
         act = self.svc.active.get(message.file_id)
         if act is None or act.token != message.token:
             return
@@ -311,6 +320,7 @@ class FilesKind:
         self.svc.event("info", f"unpacking ({len(steps)} step(s))", job_id=row.job_id, row=row)
 
     def on_step_progress(self, message: StepProgress) -> None:
+        """Record what a file's unpack steps are doing, for status."""
         act = self.svc.active.get(message.file_id)
         if act is None or act.token != message.token:
             return
@@ -320,6 +330,7 @@ class FilesKind:
         act.detail = f"{message.label}{pct}"
 
     def place_watched(self, row: FileRow, path: Path) -> None:
+        """Use a completed copy found in a watched folder instead of fetching."""
         spec = self.svc.spec(row)
         size = path.stat().st_size
         self.svc.event("info", f"found a completed copy: {path}", job_id=row.job_id, row=row)
