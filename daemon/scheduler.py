@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from acquired.daemon.errors import describe
 from acquired.daemon.lifecycle import (
@@ -204,3 +204,23 @@ class Scheduler:
             if not tokens:
                 del self.draining[job_id]
                 self.drain_since.pop(job_id, None)
+
+    def drop_job(self, job_id: str) -> dict[tuple[str, str], Any]:
+        """Stop a job's transfers and delete it; return what its files carry over to a
+        replacing manifest (``Store.carry_over``)."""
+        # The transfers must be off the job's files before the new job writes to the same
+        # paths, but the state thread does not wait for them: they stay in ``_draining``
+        # until they post their end, and the job's files do not start before that.
+        for act in [a for a in self.svc.active.values() if a.job_id == job_id]:
+            self.svc.stop_active(act, "cancel")
+            self.svc.active.pop(act.file_id, None)
+            if act.kind != "choosing":  # a probe does not write to the file
+                self.draining.setdefault(job_id, set()).add(act.token)
+        if job_id in self.svc.jobsteps.finishing:
+            token, handle, _, _ = self.svc.jobsteps.finishing.pop(job_id)
+            handle.cancel()
+            self.draining.setdefault(job_id, set()).add(token)
+        carried = self.svc.store.carry_over(job_id)
+        self.svc.store.delete_job(job_id)
+        self.svc.manifests.drop(job_id)
+        return carried

@@ -138,7 +138,7 @@ class Service:
         self.desk = IntakeDesk(
             store,
             self.manifests_dir,
-            drop_job=self._drop_job,
+            drop_job=self.scheduler.drop_job,
             accepted=self.manifests.put,
             complete=self.jobsteps.maybe_finish,
             event=self.event,
@@ -306,26 +306,6 @@ class Service:
             parsed.inbox_path.unlink(missing_ok=True)
         if parsed.reply is not None:
             parsed.reply.set({"ok": True, "result": result})
-
-    def _drop_job(self, job_id: str) -> dict[tuple[str, str], Any]:
-        """Stop a job's transfers and delete it; return what its files carry over to a
-        replacing manifest (``Store.carry_over``)."""
-        # The transfers must be off the job's files before the new job writes to the same
-        # paths, but the state thread does not wait for them: they stay in ``_draining``
-        # until they post their end, and the job's files do not start before that.
-        for act in [a for a in self.active.values() if a.job_id == job_id]:
-            self.stop_active(act, "cancel")
-            self.active.pop(act.file_id, None)
-            if act.kind != "choosing":  # a probe does not write to the file
-                self.scheduler.draining.setdefault(job_id, set()).add(act.token)
-        if job_id in self.jobsteps.finishing:
-            token, handle, _, _ = self.jobsteps.finishing.pop(job_id)
-            handle.cancel()
-            self.scheduler.draining.setdefault(job_id, set()).add(token)
-        carried = self.store.carry_over(job_id)
-        self.store.delete_job(job_id)
-        self.manifests.drop(job_id)
-        return carried
 
     def spec(self, row: FileRow) -> FileSpec:
         """A file's spec, from its job's parsed manifest."""

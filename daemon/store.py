@@ -18,11 +18,9 @@ from typing import Any
 
 from acquired.daemon.lifecycle import Event, decide, sources_of
 from acquired.daemon.schema import MIGRATIONS, expect_key, spec_digests
+from acquired.daemon.store_status import JobTotals, StatusQueries
 
-__all__ = ["MIGRATIONS", "Store", "expect_key"]
-
-# Events kept per job (and for daemon-wide events): enough for `show` and the TUI.
-EVENTS_KEPT = 500
+__all__ = ["MIGRATIONS", "JobTotals", "Store", "expect_key"]
 
 
 class StoreError(Exception):
@@ -84,14 +82,6 @@ class FileRow:
     expect: str | None = None
 
 
-@dataclass(frozen=True)
-class JobTotals:
-    counts: dict[str, int]
-    files_total: int
-    bytes_total: int | None  # None while any file's size is unknown
-    bytes_done: int
-
-
 _JOB_COLUMNS = (
     "id, seq, manifest_digest, manifest_path, destination, warnings, created,"
     " finish, finish_error, kind, connections, bandwidth_limit, complete"
@@ -124,7 +114,7 @@ def _file_row(r: tuple[Any, ...]) -> FileRow:
     )
 
 
-class Store:
+class Store(StatusQueries):
     """One connection, used by one thread: the daemon's state thread."""
 
     def __init__(self, path: Path) -> None:
@@ -349,40 +339,6 @@ class Store:
             (finish, json.dumps(error) if error else None, time.time(), job_id),
         )
 
-    def job_totals(self, job_id: str) -> JobTotals:
-        """Files per state, sizes and progress of one job, in one query."""
-        rows = self._db.execute(
-            "SELECT state, COUNT(*), SUM(size), COUNT(size), SUM(bytes_done)"
-            " FROM files WHERE job_id = ? GROUP BY state",
-            (job_id,),
-        ).fetchall()
-        return _totals(rows)
-
-    def all_totals(self) -> dict[str, JobTotals]:
-        """``job_totals`` of every job, in one query."""
-        rows = self._db.execute(
-            "SELECT job_id, state, COUNT(*), SUM(size), COUNT(size), SUM(bytes_done)"
-            " FROM files GROUP BY job_id, state"
-        ).fetchall()
-        by_job: dict[str, list[tuple[Any, ...]]] = {}
-        for r in rows:
-            by_job.setdefault(r[0], []).append(r[1:])
-        return {job_id: _totals(rows) for job_id, rows in by_job.items()}
-
-    def bytes_done_of(self, file_ids: Iterable[int]) -> dict[int, int]:
-        """The stored progress of some files (those in flight), in one query."""
-        ids = list(file_ids)
-        if not ids:
-            return {}
-        rows = self._db.execute(
-            f"SELECT id, bytes_done FROM files WHERE id IN ({','.join('?' * len(ids))})", ids
-        ).fetchall()
-        return dict(rows)
-
-    def state_counts(self) -> dict[str, int]:
-        """Files in each state over all jobs."""
-        return dict(self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
-
     # -- files --------------------------------------------------------------------------
 
     def get_file(self, file_id: int) -> FileRow:
@@ -410,16 +366,6 @@ class Store:
             q = f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? AND job_id = ? ORDER BY idx"
             rows = self._db.execute(q, (state, job_id)).fetchall()
         return [_file_row(r) for r in rows]
-
-    def first_reason(self, job_id: str, state: str) -> str | None:
-        """One reason given for a job's files in ``state`` (what status shows of a job that
-        is not moving), without reading all of them."""
-        row = self._db.execute(
-            "SELECT reason FROM files WHERE job_id = ? AND state = ? AND reason IS NOT NULL"
-            " ORDER BY idx LIMIT 1",
-            (job_id, state),
-        ).fetchone()
-        return row[0] if row else None
 
     def paused_because(self, prefix: str) -> list[FileRow]:
         """Paused files whose reason starts with ``prefix`` (the disk guard's own pauses)."""
@@ -555,42 +501,6 @@ class Store:
         """Forget a file's resume state."""
         self._db.execute("DELETE FROM checkpoints WHERE file_id = ?", (file_id,))
 
-    # -- events -------------------------------------------------------------------------
-
-    def add_event(
-        self,
-        level: str,
-        message: str,
-        *,
-        job_id: str | None = None,
-        file_id: int | None = None,
-        code: str | None = None,
-    ) -> None:
-        """Add a line to the event log (trimmed per job)."""
-        cur = self._db.execute(
-            "INSERT INTO events (ts, level, job_id, file_id, code, message)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), level, job_id, file_id, code, message),
-        )
-        # Keep the log bounded per job; trimming on every hundredth insert is enough.
-        if cur.lastrowid is not None and cur.lastrowid % 100 == 0:
-            self._db.execute(
-                "DELETE FROM events WHERE job_id IS ? AND id <= ("
-                " SELECT id FROM events WHERE job_id IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (job_id, job_id, EVENTS_KEPT),
-            )
-
-    def recent_events(self, *, limit: int = 20, job_id: str | None = None) -> list[dict[str, Any]]:
-        """The last events (of one job, if given), oldest first."""
-        if job_id is None:
-            q = "SELECT ts, level, job_id, file_id, code, message FROM events"
-            rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        else:
-            q = "SELECT ts, level, job_id, file_id, code, message FROM events WHERE job_id = ?"
-            rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (job_id, limit)).fetchall()
-        keys = ("ts", "level", "job", "file_id", "code", "message")
-        return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
-
 
 def _job_row(r: tuple[Any, ...]) -> JobRow:
     return JobRow(
@@ -607,20 +517,6 @@ def _job_row(r: tuple[Any, ...]) -> JobRow:
         connections=r[10],
         bandwidth_limit=r[11],
         complete=bool(r[12]),
-    )
-
-
-def _totals(rows: list[tuple[Any, ...]]) -> JobTotals:
-    """Totals from (state, count, sum of sizes, count of sizes, sum of progress) rows."""
-    counts = {r[0]: r[1] for r in rows}
-    files_total = sum(counts.values())
-    sized = sum(r[3] for r in rows)
-    bytes_total = sum(r[2] or 0 for r in rows) if sized == files_total else None
-    return JobTotals(
-        counts=counts,
-        files_total=files_total,
-        bytes_total=bytes_total,
-        bytes_done=sum(r[4] or 0 for r in rows),
     )
 
 
