@@ -62,7 +62,18 @@ def run_curl(nginx: Nginx, files: list[tuple[str, int, str]], out: Path) -> floa
     )
     t0 = time.monotonic()
     subprocess.run(
-        ["curl", "-sS", "--fail", "-Z", "--parallel-max", "64", "-K", str(config)], check=True
+        [
+            "curl",
+            "-sS",
+            "--no-progress-meter",
+            "--fail",
+            "-Z",
+            "--parallel-max",
+            "64",
+            "-K",
+            str(config),
+        ],
+        check=True,
     )
     seconds = time.monotonic() - t0
     for name, size, _ in files[:: max(len(files) // 50, 1)]:
