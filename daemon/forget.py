@@ -40,7 +40,7 @@ class DataNotDeleted(DaemonError):
 
 def forget_job(service: Service, payload: dict[str, Any]) -> dict[str, Any]:
     """Forget the job named in ``payload`` (``delete_data``: and its destination)."""
-    from acquired.daemon.service import UnknownJob
+    from acquired.daemon.views import UnknownJob
 
     job_id = str(payload.get("job", ""))
     delete = bool(payload.get("delete_data"))
@@ -68,7 +68,7 @@ def forget_job(service: Service, payload: dict[str, Any]) -> dict[str, Any]:
             manifest.unlink()
     deleted = _delete_aside(root, dest, job_id) if delete and dest.exists() else None
     what = " and its data" if deleted else ""
-    service._event("info", f"job {job_id} ({state}) forgotten{what}")
+    service.event("info", f"job {job_id} ({state}) forgotten{what}")
     return {"job": job_id, "state": state, "deleted": str(dest) if deleted else None}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,10 +20,12 @@ class Reply:
         self._value: dict[str, Any] = {}
 
     def set(self, value: dict[str, Any]) -> None:
+        """Fill the slot (from the state thread)."""
         self._value = value
         self._done.set()
 
     def wait(self, timeout: float) -> dict[str, Any] | None:
+        """The value, or None if it is not set within ``timeout`` seconds."""
         return self._value if self._done.wait(timeout) else None
 
 
@@ -133,12 +136,75 @@ class JobStepsEnded:
 
 @dataclass(frozen=True)
 class Reload:
+    """Apply a re-read configuration (SIGHUP)."""
+
     config: Config
 
 
 @dataclass(frozen=True)
 class Stop:
+    """Stop the state thread (SIGTERM)."""
+
     pass
+
+
+class Cancellable(Protocol):
+    """Anything the state thread can ask to stop."""
+
+    def cancel(self) -> None:
+        """Ask it to stop; thread-safe."""
+        ...
+
+
+@dataclass
+class Active:
+    """A file in flight (fetching, choosing its source, verifying, unpacking)."""
+
+    file_id: int
+    job_id: str
+    path: str
+    token: int
+    size: int | None
+    thread: threading.Thread | Future[None] | None  # what to wait for at shutdown
+    source: str
+    kind: str = "http"  # http, torrent, choosing, verify, unpack
+    handle: Cancellable | None = None
+    torrent_key: str | None = None
+    inner: str | None = None  # the file's path inside its torrent
+    bytes_done: int = 0
+    rate: float = 0.0
+    detail: str = ""
+    step: str | None = None
+    stop_reason: str | None = None  # why we asked it to stop: pause, cancel, disk, shutdown
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ManifestLoaded:
+    """A job's manifest was read and parsed off the state thread (or why it could not)."""
+
+    job_id: str
+    digest: str
+    manifest: Any
+    error: BaseException | None
+
+
+@dataclass(frozen=True)
+class IntakeParsed:
+    """A manifest parsed and checked off the state thread (``error``: why it was not)."""
+
+    source_name: str
+    replace: bool
+    inbox_path: Path | None  # the inbox file it came from, removed once it is taken
+    reply: Reply | None  # the control request waiting for the outcome
+    manifest: Any = None  # acquired.daemon.manifest.Manifest
+    digest: str = ""
+    destination: str = ""  # relative to the data root
+    saved: Path | None = None  # the text, saved under a temporary name in the state dir
+    suffix: str = ".toml"
+    files: list[tuple[str, int | None, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: BaseException | None = None
 
 
 Message = (
@@ -156,31 +222,6 @@ Message = (
     | JobStepsEnded
     | Reload
     | Stop
+    | ManifestLoaded
+    | IntakeParsed
 )
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
-
-
-@dataclass
-class Active:
-    """A file in flight (fetching, choosing its source, verifying, unpacking)."""
-
-    file_id: int
-    job_id: str
-    path: str
-    token: int
-    size: int | None
-    thread: threading.Thread | None
-    source: str
-    kind: str = "http"  # http, torrent, choosing, verify, unpack
-    handle: Cancellable | None = None
-    torrent_key: str | None = None
-    inner: str | None = None  # the file's path inside its torrent
-    bytes_done: int = 0
-    rate: float = 0.0
-    detail: str = ""
-    step: str | None = None
-    stop_reason: str | None = None  # why we asked it to stop: pause, cancel, disk, shutdown
-    started: float = field(default_factory=time.monotonic)

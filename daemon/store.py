@@ -16,72 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Each entry moves the schema from version i to i + 1. Never edit a released entry:
-# append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL,
-        manifest_json TEXT NOT NULL,
-        manifest_digest TEXT NOT NULL,
-        manifest_path TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        warnings TEXT NOT NULL DEFAULT '[]',
-        created REAL NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE files (
-        id INTEGER PRIMARY KEY,
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        size INTEGER,
-        spec TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT,
-        error TEXT,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        not_before REAL NOT NULL DEFAULT 0,
-        source TEXT,
-        digests TEXT,
-        updated REAL NOT NULL,
-        UNIQUE (job_id, idx)
-    );
-    CREATE INDEX files_by_job_state ON files (job_id, state);
-    CREATE INDEX files_by_state ON files (state, not_before);
-    CREATE TABLE checkpoints (
-        file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
-        state TEXT NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL,
-        level TEXT NOT NULL,
-        job_id TEXT,
-        file_id INTEGER,
-        code TEXT,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX events_by_job ON events (job_id, id);
-    """,
-    # 2: the source chosen for a file ({"source": "torrent"|"http"|"both", "reason": ...}),
-    # kept so that a restart continues with the same source instead of probing again.
-    """
-    ALTER TABLE files ADD COLUMN plan TEXT;
-    """,
-    # 3: job-level steps (checksum files, layouts, listings) run once every file is done:
-    # NULL (none), 'pending', 'running', 'done' or 'failed'; finish_error holds the error.
-    """
-    ALTER TABLE jobs ADD COLUMN finish TEXT;
-    ALTER TABLE jobs ADD COLUMN finish_error TEXT;
-    """,
-)
+from acquired.daemon.lifecycle import Event, decide, sources_of
+from acquired.daemon.schema import MIGRATIONS, expect_key, spec_digests
+from acquired.daemon.store_status import JobTotals, StatusQueries
 
-# Events kept per job (and for daemon-wide events): enough for `show` and the TUI.
-EVENTS_KEPT = 500
+__all__ = ["MIGRATIONS", "JobTotals", "Store", "expect_key"]
 
 
 class StoreError(Exception):
@@ -93,10 +32,13 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class NewFile:
+    """A file row to create: its index in the manifest, path, size, and what carries
+    over from a replaced job (state, progress, checkpoint)."""
+
     idx: int
     path: str
     size: int | None
-    spec: dict[str, Any]
+    expect: str | None = None
     state: str = "queued"
     bytes_done: int = 0
     checkpoint: dict[str, Any] | None = None
@@ -104,9 +46,10 @@ class NewFile:
 
 @dataclass(frozen=True)
 class JobRow:
+    """A job: its manifest (on disk, at ``manifest_path``) and the settings read per job."""
+
     id: str
     seq: int
-    manifest: dict[str, Any]
     manifest_digest: str
     manifest_path: str
     destination: str
@@ -114,6 +57,10 @@ class JobRow:
     created: float
     finish: str | None = None
     finish_error: dict[str, Any] | None = None
+    kind: str = "files"
+    connections: int | None = None
+    bandwidth_limit: int | None = None
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,7 +70,6 @@ class FileRow:
     idx: int
     path: str
     size: int | None
-    spec: dict[str, Any]
     state: str
     reason: str | None
     error: dict[str, Any] | None
@@ -133,24 +79,19 @@ class FileRow:
     source: str | None
     digests: dict[str, str] | None
     plan: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class JobTotals:
-    counts: dict[str, int]
-    files_total: int
-    bytes_total: int | None  # None while any file's size is unknown
-    bytes_done: int
+    expect: str | None = None
 
 
 _JOB_COLUMNS = (
-    "id, seq, manifest_json, manifest_digest, manifest_path, destination, warnings, created,"
-    " finish, finish_error"
+    "id, seq, manifest_digest, manifest_path, destination, warnings, created,"
+    " finish, finish_error, kind, connections, bandwidth_limit, complete"
 )
 _FILE_COLUMNS = (
-    "id, job_id, idx, path, size, spec, state, reason, error, bytes_done, attempts,"
-    " not_before, source, digests, plan"
+    "id, job_id, idx, path, size, state, reason, error, bytes_done, attempts,"
+    " not_before, source, digests, plan, expect"
 )
+# Rows inserted per statement batch: a job of 100,000 files goes in as many short writes.
+CHUNK = 2000
 
 
 def _file_row(r: tuple[Any, ...]) -> FileRow:
@@ -160,24 +101,25 @@ def _file_row(r: tuple[Any, ...]) -> FileRow:
         idx=r[2],
         path=r[3],
         size=r[4],
-        spec=json.loads(r[5]),
-        state=r[6],
-        reason=r[7],
-        error=json.loads(r[8]) if r[8] else None,
-        bytes_done=r[9],
-        attempts=r[10],
-        not_before=r[11],
-        source=r[12],
-        digests=json.loads(r[13]) if r[13] else None,
-        plan=json.loads(r[14]) if r[14] else None,
+        state=r[5],
+        reason=r[6],
+        error=json.loads(r[7]) if r[7] else None,
+        bytes_done=r[8],
+        attempts=r[9],
+        not_before=r[10],
+        source=r[11],
+        digests=json.loads(r[12]) if r[12] else None,
+        plan=json.loads(r[13]) if r[13] else None,
+        expect=r[14],
     )
 
 
-class Store:
+class Store(StatusQueries):
     """One connection, used by one thread: the daemon's state thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._jobs: dict[str, JobRow] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
@@ -193,10 +135,12 @@ class Store:
             raise StoreError(f"{path}: {exc}") from exc
 
     def close(self) -> None:
+        """Close the connection."""
         self._db.close()
 
     @property
     def schema_version(self) -> int:
+        """The schema version of the database (``PRAGMA user_version``)."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
@@ -210,10 +154,46 @@ class Store:
             with self._tx():
                 for statement in _statements(MIGRATIONS[i]):
                     self._db.execute(statement)
+                if i == 3:
+                    self._after_v4()
                 self._db.execute(f"PRAGMA user_version = {i + 1}")
+
+    def _after_v4(self) -> None:
+        """Before the manifests leave the database: any job whose manifest file is gone
+        gets the stored copy written into the state dir, so that nothing is lost; every
+        file's ``expect`` is taken from its stored spec."""
+        rows = self._db.execute("SELECT id, size, spec FROM files").fetchall()
+        self._db.executemany(
+            "UPDATE files SET expect = ? WHERE id = ?",
+            [
+                (expect_key(size, spec_digests(json.loads(spec))), file_id)
+                for file_id, size, spec in rows
+            ],
+        )
+        folder = self.path.parent / "manifests"
+        rows = self._db.execute("SELECT id, manifest_json, manifest_path FROM jobs").fetchall()
+        for job_id, text, manifest_path in rows:
+            if Path(manifest_path).is_file():
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            saved = folder / f"{job_id}.json"
+            saved.write_text(text)
+            self._db.execute("UPDATE jobs SET manifest_path = ? WHERE id = ?", (str(saved), job_id))
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        # Inside a batch, a savepoint: the statements stay all-or-nothing, and the batch
+        # commits them with the rest.
+        if self._db.in_transaction:
+            self._db.execute("SAVEPOINT tx")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO tx")
+                self._db.execute("RELEASE tx")
+                raise
+            self._db.execute("RELEASE tx")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -222,73 +202,130 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group every write of one turn of the state loop into one transaction: a job
+        of thousands of small files costs one commit per turn, not several per file.
+        Writes made before an error inside the batch are kept (as without a batch)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
     # -- jobs ---------------------------------------------------------------------------
 
     def add_job(
         self,
         job_id: str,
         *,
-        manifest: dict[str, Any],
         manifest_digest: str,
         manifest_path: str,
         destination: str,
         warnings: list[str],
-        files: Iterable[NewFile],
+        files: Iterable[NewFile] = (),
         finish: str | None = None,
+        kind: str = "files",
+        connections: int | None = None,
+        bandwidth_limit: int | None = None,
+        complete: bool = True,
     ) -> None:
-        """Create a job and its files in one transaction (``finish``: 'pending' when the
-        job has steps to run once every file is done)."""
+        """Create a job (and, in the same transaction, ``files``; a large job's files go
+        in with ``add_files`` in chunks). ``finish`` is 'pending' when the job has steps
+        to run once every file is done."""
         now = time.time()
+        self._jobs.pop(job_id, None)
         with self._tx():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                f"INSERT INTO jobs ({_JOB_COLUMNS}, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     seq,
-                    json.dumps(manifest),
                     manifest_digest,
                     manifest_path,
                     destination,
                     json.dumps(warnings),
                     now,
-                    now,
                     finish,
+                    kind,
+                    connections,
+                    bandwidth_limit,
+                    int(complete),
+                    now,
                 ),
             )
-            for f in files:
-                cur = self._db.execute(
-                    "INSERT INTO files (job_id, idx, path, size, spec, state, bytes_done, updated)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        job_id,
-                        f.idx,
-                        f.path,
-                        f.size,
-                        json.dumps(f.spec),
-                        f.state,
-                        f.bytes_done,
-                        now,
-                    ),
-                )
-                if f.checkpoint is not None:
-                    self._db.execute(
-                        "INSERT INTO checkpoints VALUES (?, ?, ?)",
-                        (cur.lastrowid, json.dumps(f.checkpoint), now),
-                    )
+            self._insert_files(job_id, list(files), now)
+
+    def set_complete(self, job_id: str) -> None:
+        """Every file row of the job is in."""
+        self._jobs.pop(job_id, None)
+        self._db.execute("UPDATE jobs SET complete = 1 WHERE id = ?", (job_id,))
+
+    def incomplete_jobs(self) -> list[JobRow]:
+        """Jobs whose file rows were not all in when the daemon stopped."""
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE complete = 0").fetchall()
+        return [_job_row(r) for r in rows]
+
+    def carry_over(self, job_id: str) -> dict[tuple[str, str], tuple[str, int, Any]]:
+        """(path, expect) -> (state, bytes_done, checkpoint) of the job's files that have
+        something to carry over to a replacing manifest, in one query."""
+        rows = self._db.execute(
+            "SELECT f.path, f.expect, f.state, f.bytes_done, c.state FROM files f"
+            " LEFT JOIN checkpoints c ON c.file_id = f.id"
+            " WHERE f.job_id = ? AND (f.state = 'done' OR f.bytes_done > 0 OR c.state IS NOT NULL)",
+            (job_id,),
+        ).fetchall()
+        return {
+            (path, expect or ""): (state, done, json.loads(cp) if cp else None)
+            for path, expect, state, done, cp in rows
+        }
+
+    def add_files(self, job_id: str, files: list[NewFile]) -> None:
+        """Add one chunk of a job's files in one short transaction."""
+        with self._tx():
+            self._insert_files(job_id, files, time.time())
+
+    def _insert_files(self, job_id: str, files: list[NewFile], now: float) -> None:
+        self._db.executemany(
+            "INSERT INTO files (job_id, idx, path, size, expect, state, bytes_done, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(job_id, f.idx, f.path, f.size, f.expect, f.state, f.bytes_done, now) for f in files],
+        )
+        carried = [f for f in files if f.checkpoint is not None]
+        if carried:
+            self._db.executemany(
+                "INSERT INTO checkpoints SELECT id, ?, ? FROM files WHERE job_id = ? AND idx = ?",
+                [(json.dumps(f.checkpoint), now, job_id, f.idx) for f in carried],
+            )
 
     def delete_job(self, job_id: str) -> None:
+        """Delete a job with its files, checkpoints cascading."""
+        self._jobs.pop(job_id, None)
         with self._tx():
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def get_job(self, job_id: str) -> JobRow | None:
+        """A job's row. Kept in memory until the store itself changes the job (it is the
+        only writer): the scheduler asks for it for every file it starts."""
+        cached = self._jobs.get(job_id)
+        if cached is not None:
+            return cached
         r = self._db.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
-        return _job_row(r) if r else None
+        if r is None:
+            return None
+        job = self._jobs[job_id] = _job_row(r)
+        return job
 
     def list_jobs(self) -> list[JobRow]:
+        """Every job, oldest first."""
         rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq").fetchall()
         return [_job_row(r) for r in rows]
 
@@ -296,35 +333,16 @@ class Store:
         self, job_id: str, finish: str | None, error: dict[str, Any] | None = None
     ) -> None:
         """Record the state of a job's own steps (and their error, if they failed)."""
+        self._jobs.pop(job_id, None)
         self._db.execute(
             "UPDATE jobs SET finish = ?, finish_error = ?, updated = ? WHERE id = ?",
             (finish, json.dumps(error) if error else None, time.time(), job_id),
         )
 
-    def job_totals(self, job_id: str) -> JobTotals:
-        rows = self._db.execute(
-            "SELECT state, COUNT(*), SUM(size), COUNT(size), SUM(bytes_done)"
-            " FROM files WHERE job_id = ? GROUP BY state",
-            (job_id,),
-        ).fetchall()
-        counts = {r[0]: r[1] for r in rows}
-        files_total = sum(counts.values())
-        sized = sum(r[3] for r in rows)
-        bytes_total = sum(r[2] or 0 for r in rows) if sized == files_total else None
-        return JobTotals(
-            counts=counts,
-            files_total=files_total,
-            bytes_total=bytes_total,
-            bytes_done=sum(r[4] or 0 for r in rows),
-        )
-
-    def state_counts(self) -> dict[str, int]:
-        """Files in each state over all jobs."""
-        return dict(self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
-
     # -- files --------------------------------------------------------------------------
 
     def get_file(self, file_id: int) -> FileRow:
+        """A file's row; KeyError if there is none."""
         r = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))
         row = r.fetchone()
         if row is None:
@@ -332,6 +350,7 @@ class Store:
         return _file_row(row)
 
     def job_files(self, job_id: str, *, offset: int = 0, limit: int = 1000) -> list[FileRow]:
+        """A page of a job's files, in manifest order."""
         rows = self._db.execute(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = ? ORDER BY idx LIMIT ? OFFSET ?",
             (job_id, limit, offset),
@@ -339,6 +358,7 @@ class Store:
         return [_file_row(r) for r in rows]
 
     def files_in_state(self, state: str, *, job_id: str | None = None) -> list[FileRow]:
+        """Files in ``state`` (of one job, in manifest order, if given)."""
         if job_id is None:
             q = f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? ORDER BY id"
             rows = self._db.execute(q, (state,)).fetchall()
@@ -346,16 +366,6 @@ class Store:
             q = f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? AND job_id = ? ORDER BY idx"
             rows = self._db.execute(q, (state, job_id)).fetchall()
         return [_file_row(r) for r in rows]
-
-    def first_reason(self, job_id: str, state: str) -> str | None:
-        """One reason given for a job's files in ``state`` (what status shows of a job that
-        is not moving), without reading all of them."""
-        row = self._db.execute(
-            "SELECT reason FROM files WHERE job_id = ? AND state = ? AND reason IS NOT NULL"
-            " ORDER BY idx LIMIT 1",
-            (job_id, state),
-        ).fetchone()
-        return row[0] if row else None
 
     def paused_because(self, prefix: str) -> list[FileRow]:
         """Paused files whose reason starts with ``prefix`` (the disk guard's own pauses)."""
@@ -441,9 +451,11 @@ class Store:
         )
 
     def set_reason(self, file_id: int, reason: str | None) -> None:
+        """Set why a file waits, without changing its state."""
         self._db.execute("UPDATE files SET reason = ? WHERE id = ?", (reason, file_id))
 
     def set_progress(self, file_id: int, bytes_done: int) -> None:
+        """Record a file's progress."""
         self._db.execute(
             "UPDATE files SET bytes_done = ?, updated = ? WHERE id = ?",
             (bytes_done, time.time(), file_id),
@@ -451,12 +463,16 @@ class Store:
 
     def requeue_interrupted(self) -> int:
         """At start-up: files that were in flight when the daemon stopped go back to the
-        queue (their checkpoints make them resume, not restart)."""
+        queue (their checkpoints make them resume, not restart). Which states those are
+        is the lifecycle's RESTART move."""
+        states = sorted(sources_of(Event.RESTART))
         cur = self._db.execute(
-            "UPDATE files SET state = 'queued', reason = 'resuming after restart',"
-            " not_before = 0 WHERE state IN ('fetching', 'verifying', 'unpacking')"
+            "UPDATE files SET state = ?, reason = 'resuming after restart', not_before = 0"
+            f" WHERE state IN ({','.join('?' * len(states))})",
+            (decide(states[0], Event.RESTART).state, *states),
         )
         self._db.execute("UPDATE jobs SET finish = 'pending' WHERE finish = 'running'")
+        self._jobs.clear()
         return cur.rowcount
 
     # -- checkpoints --------------------------------------------------------------------
@@ -476,60 +492,31 @@ class Store:
             )
 
     def load_checkpoint(self, file_id: int) -> dict[str, Any] | None:
+        """A file's resume state, if any."""
         r = self._db.execute("SELECT state FROM checkpoints WHERE file_id = ?", (file_id,))
         row = r.fetchone()
         return json.loads(row[0]) if row else None
 
     def clear_checkpoint(self, file_id: int) -> None:
+        """Forget a file's resume state."""
         self._db.execute("DELETE FROM checkpoints WHERE file_id = ?", (file_id,))
-
-    # -- events -------------------------------------------------------------------------
-
-    def add_event(
-        self,
-        level: str,
-        message: str,
-        *,
-        job_id: str | None = None,
-        file_id: int | None = None,
-        code: str | None = None,
-    ) -> None:
-        cur = self._db.execute(
-            "INSERT INTO events (ts, level, job_id, file_id, code, message)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), level, job_id, file_id, code, message),
-        )
-        # Keep the log bounded per job; trimming on every hundredth insert is enough.
-        if cur.lastrowid is not None and cur.lastrowid % 100 == 0:
-            self._db.execute(
-                "DELETE FROM events WHERE job_id IS ? AND id <= ("
-                " SELECT id FROM events WHERE job_id IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (job_id, job_id, EVENTS_KEPT),
-            )
-
-    def recent_events(self, *, limit: int = 20, job_id: str | None = None) -> list[dict[str, Any]]:
-        if job_id is None:
-            q = "SELECT ts, level, job_id, file_id, code, message FROM events"
-            rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        else:
-            q = "SELECT ts, level, job_id, file_id, code, message FROM events WHERE job_id = ?"
-            rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (job_id, limit)).fetchall()
-        keys = ("ts", "level", "job", "file_id", "code", "message")
-        return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
 
 
 def _job_row(r: tuple[Any, ...]) -> JobRow:
     return JobRow(
         id=r[0],
         seq=r[1],
-        manifest=json.loads(r[2]),
-        manifest_digest=r[3],
-        manifest_path=r[4],
-        destination=r[5],
-        warnings=json.loads(r[6]),
-        created=r[7],
-        finish=r[8],
-        finish_error=json.loads(r[9]) if r[9] else None,
+        manifest_digest=r[2],
+        manifest_path=r[3],
+        destination=r[4],
+        warnings=json.loads(r[5]),
+        created=r[6],
+        finish=r[7],
+        finish_error=json.loads(r[8]) if r[8] else None,
+        kind=r[9],
+        connections=r[10],
+        bandwidth_limit=r[11],
+        complete=bool(r[12]),
     )
 
 

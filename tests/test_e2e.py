@@ -186,9 +186,10 @@ def test_broken_manifests_are_rejected_with_reasons(tmp_path: Path) -> None:
 
 
 def test_conflicting_manifest_needs_replace(tmp_path: Path, server: HttpTestServer) -> None:
-    a, b = payload(300_000, 3), payload(400_000, 4)
+    # 15 s at 100 kB/s keeps the job active while acquirectl starts, even on a busy machine.
+    a, b = payload(1_500_000, 3), payload(400_000, 4)
     ua, ub = server.add("/a", a), server.add("/b", b)
-    server.fault("/a", Fault(rate=100_000), times=None)  # keeps the job active
+    server.fault("/a", Fault(rate=100_000), times=None)
     first = manifest(
         "conf", [{"path": "a", "sha256": hashlib.sha256(a).hexdigest(), "mirrors": [ua]}]
     )

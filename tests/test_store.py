@@ -14,12 +14,11 @@ from acquired.daemon.store import MIGRATIONS, NewFile, Store, StoreError
 def make_job(store: Store, job_id: str = "j", n: int = 3, size: int | None = 100) -> None:
     store.add_job(
         job_id,
-        manifest={"name": job_id},
         manifest_digest="d" * 64,
         manifest_path="/x.toml",
         destination=job_id,
         warnings=["w"],
-        files=[NewFile(i, f"f{i}", size, {"path": f"f{i}"}) for i in range(n)],
+        files=[NewFile(i, f"f{i}", size) for i in range(n)],
     )
 
 
@@ -179,3 +178,53 @@ def test_sigkill_mid_write_loses_no_committed_state(tmp_path: Path) -> None:
     cp = store.load_checkpoint(fid)
     assert cp is not None and cp["n"] >= 200
     assert store.get_file(fid).bytes_done == cp["n"]  # written in one transaction
+
+
+def test_migrates_a_database_of_the_previous_schema(tmp_path: Path) -> None:
+    """A store written by schema 3 (manifests and file specs inside the database): the
+    job settings become columns, a manifest missing on disk is written out, each file's
+    size and checksums are kept for carrying progress over, and the rows stay."""
+    import json
+    import sqlite3
+
+    from acquired.daemon.store import expect_key
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    for script in MIGRATIONS[:3]:
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    kept = tmp_path / "kept.toml"
+    kept.write_text('name = "k"\n')
+    manifest = {"name": "j", "connections": 4, "bandwidth_limit": 1000, "files": []}
+    db.execute(
+        "INSERT INTO jobs VALUES ('j', 1, ?, 'd', '/gone/j.toml', 'j', '[]', 0, 0, NULL, NULL)",
+        (json.dumps(manifest),),
+    )
+    db.execute(
+        "INSERT INTO jobs VALUES ('k', 2, '{}', 'd', ?, 'k', '[]', 0, 0, 'pending', NULL)",
+        (str(kept),),
+    )
+    spec = {"path": "a", "size": 10, "sha256": "AB" * 32, "md5": None}
+    db.execute(
+        "INSERT INTO files (job_id, idx, path, size, spec, state, bytes_done, updated)"
+        " VALUES ('j', 0, 'a', 10, ?, 'fetching', 5, 0)",
+        (json.dumps(spec),),
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+
+    store = Store(tmp_path / "old.db")
+    assert store.schema_version == len(MIGRATIONS)
+    job = store.get_job("j")
+    assert job is not None
+    assert (job.kind, job.connections, job.bandwidth_limit) == ("files", 4, 1000)
+    assert json.loads(Path(job.manifest_path).read_text()) == manifest
+    other = store.get_job("k")
+    assert other is not None and other.manifest_path == str(kept) and other.finish == "pending"
+    row = store.job_files("j")[0]
+    assert (row.state, row.bytes_done) == ("fetching", 5)
+    assert row.expect == expect_key(10, {"sha256": "ab" * 32})
+    columns = {r[1] for r in store._db.execute("PRAGMA table_info(files)")}
+    assert "spec" not in columns

@@ -187,3 +187,6 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        # A move the file lifecycle forbids is a bug even when the test's own checks pass.
+        if exc[0] is None and "InvalidTransition" in self.log():
+            raise AssertionError(f"the daemon made a forbidden state move:\n{self.log()}")
