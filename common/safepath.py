@@ -45,6 +45,7 @@ __all__ = [
     "open_dir_beneath",
     "parts_of",
     "place_copy",
+    "relative_to",
     "rename_beneath",
     "unlink_beneath",
     "write_beneath",
@@ -112,6 +113,18 @@ def parts_of(rel: str | os.PathLike[str]) -> list[str]:
     if ".." in parts:
         raise PathEscapes(f"{text}: '..' would leave the destination", path=text)
     return parts
+
+
+def relative_to(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
+    """``path`` (absolute, or relative to the current folder) relative to ``root``,
+    compared lexically; :class:`PathEscapes` when it is not below ``root``."""
+    r = os.path.abspath(root)
+    p = os.path.abspath(path)
+    if p == r:
+        return ""
+    if not p.startswith(r.rstrip("/") + "/"):
+        raise PathEscapes(f"{p} is not inside {r}", path=p, root=r)
+    return p[len(r.rstrip("/")) + 1 :]
 
 
 # --- openat2 -------------------------------------------------------------------------------

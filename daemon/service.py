@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from acquired.common import safepath
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
 from acquired.daemon.manifest import (
@@ -79,6 +80,7 @@ from acquired.sources.choice import (
 from acquired.sources.http import FileRequest, HttpDownload, HttpOptions
 from acquired.sources.http import events as http_events
 from acquired.sources.http.hostslots import HostSlots
+from acquired.sources.http.partfile import drop_empty_part
 from acquired.sources.http.pip_mirrors import prefetch_wheels
 from acquired.sources.http.ratelimit import RateLimiter
 from acquired.sources.torrent import TorrentEngine, TorrentRequest
@@ -579,7 +581,6 @@ class Service:
     ) -> None:
         avoid = (row.error or {}).get("details", {}).get("url") if row.error else None
         target = self._target(row)
-        target.parent.mkdir(parents=True, exist_ok=True)
         request = FileRequest(
             urls=order_mirrors(mirrors, avoid),
             dest=target,
@@ -982,7 +983,7 @@ class Service:
             try:
                 if place_from is not None:
                     progress("place", 0, 1)
-                    _place(place_from, path)
+                    _place(place_from, path, self.config.data_root)
                 outcome = process_file(
                     path,
                     job_root=job_root,
@@ -1296,6 +1297,7 @@ class Service:
 
     def _fail(self, row: FileRow, info: ErrorInfo) -> None:
         self.metrics.failure(info.code)
+        drop_empty_part(self.config.data_root, self._target(row))
         self.store.set_state(row.id, FileState.FAILED, reason=info.message, error=info.as_dict())
         self._event(
             "error",
@@ -1581,20 +1583,11 @@ def _error_reply(info: ErrorInfo) -> dict[str, Any]:
     return {"ok": False, "error": info.as_dict()}
 
 
-def _place(source: Path, target: Path) -> None:
+def _place(source: Path, target: Path, root: Path) -> None:
     """Put a watched copy at ``target`` atomically: a hard link where the filesystem
-    allows it (no bytes copied), else a copy flushed to disk first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.watched")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, target)
-    target.with_name(target.name + ".part").unlink(missing_ok=True)
+    allows it (no bytes copied), else a copy flushed to disk first; never through a link
+    below ``root``."""
+    safepath.place_copy(source, root, safepath.relative_to(root, target))
 
 
 def _disk_usage(path: Path) -> tuple[int, int]:
