@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from acquired.common import safepath
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
+from acquired.daemon.inbox import UnreadableManifest, read_manifest, reject_file
 from acquired.daemon.manifest import (
     FileSpec,
     FrameworkLayout,
@@ -356,9 +357,12 @@ class Service:
 
     def _on_inbox_file(self, path: Path) -> None:
         try:
-            data = path.read_bytes()
+            data = read_manifest(path, self.config.inbox_max_manifest_size)
         except FileNotFoundError:
             return  # taken away before we got to it
+        except UnreadableManifest as exc:
+            self._reject(path, describe(exc))
+            return
         except OSError as exc:
             LOG.error("cannot read %s: %s", path, exc)
             return
@@ -371,15 +375,12 @@ class Service:
         path.unlink(missing_ok=True)
 
     def _reject(self, path: Path, info: ErrorInfo) -> None:
-        rejected = self.config.inbox / "rejected"
-        rejected.mkdir(parents=True, exist_ok=True)
+        text = f"{info.message}\n\nWhat to do: {info.hint}\n(error code: {info.code})\n"
         try:
-            os.replace(path, rejected / path.name)
-        except OSError as exc:
+            reject_file(self.config.inbox, path.name, text)
+        except (OSError, safepath.UnsafePath) as exc:
             LOG.error("cannot move rejected manifest %s: %s", path, exc)
             return
-        text = f"{info.message}\n\nWhat to do: {info.hint}\n(error code: {info.code})\n"
-        (rejected / f"{path.name}.error.txt").write_text(text)
         LOG.error("rejected manifest %s: %s", path.name, info.message, extra={"code": info.code})
         self.store.add_event(
             "error", f"rejected manifest {path.name}: {info.message}", code=info.code
