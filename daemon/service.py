@@ -988,6 +988,7 @@ class Service:
                 outcome = process_file(
                     path,
                     job_root=job_root,
+                    data_root=self.config.data_root,
                     digests=spec.digests,
                     steps=steps,
                     verified=verified,

@@ -156,6 +156,7 @@ def process_file(
     progress: StepProgress | None = None,
     cancel: threading.Event | None = None,
     meta_dir: Path | None = None,
+    data_root: Path | None = None,
 ) -> FileOutcome:
     """Verify a completed file and run its unpack steps.
 
@@ -166,6 +167,9 @@ def process_file(
     The archive is deleted after the *last* step if any step asks for it.
     If the archive is gone but every step's marker says done (a restart after the
     deletion), this returns those results without reading anything.
+    Nothing is written outside ``job_root`` (see :func:`.extract.extract`); with
+    ``data_root`` (a trusted folder above it) the job folder itself is opened beneath it,
+    so a destination swapped for a link is refused.
     """
     expected = {a.lower(): v.lower() for a, v in digests.items()}
     ident = identity(expected)
@@ -203,6 +207,8 @@ def process_file(
                         cancel=cancel,
                         meta_dir=meta_dir,
                         before_place=check.result if check is not None else None,
+                        root=job_root,
+                        base=data_root,
                     )
                 )
             except ArchiveMissing:
@@ -288,7 +294,14 @@ def finish_job(
     summaries = []
     for listing in listings:
         root = inside(job_root, listing.root)
-        out = inside(job_root, listing.path) if listing.path else None
+        if listing.path:
+            out: Path | None = inside(job_root, listing.path)
+        elif listing.root in (".", ""):
+            # Beside the folder would be outside the destination: keep it in its own
+            # bookkeeping folder instead.
+            out = job_root / ".acquired" / "listing.tsv"
+        else:
+            out = None  # <folder's parent>/.acquired/<folder>/listing.tsv
         summary = write_listing(
             root, out, fmt=listing.format, progress=_labelled(progress, f"listing {listing.root}")
         )
