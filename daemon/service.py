@@ -965,6 +965,7 @@ class Service:
                 max_bytes=own.max_bytes if own and own.max_bytes else unpack.max_bytes,
                 max_ratio=own.max_ratio if own and own.max_ratio else unpack.max_ratio,
                 max_entries=own.max_entries if own and own.max_entries else unpack.max_entries,
+                reserve=self._disk.reserve,
             )
             steps.append(
                 UnpackStep(

@@ -118,6 +118,9 @@ class Budget:
         self._pc = 0
         self._global_entries = 0
         self._global_bytes = 0
+        # Compressed bytes read so far (set for a compressed top-level archive): the
+        # expansion ratio is checked as the stream is read, not only at the end.
+        self.input_pos: Callable[[], int] | None = None
 
     def entry(self) -> None:
         self.entries += 1
@@ -128,14 +131,19 @@ class Budget:
 
     def reserve(self, nbytes: int) -> None:
         """Refuse before writing when ``nbytes`` more would exceed the byte budget."""
-        safety.check_bytes(
-            self._global_bytes + self._pb + nbytes, self.allowed, self.limits, self.name
-        )
+        total = self._global_bytes + self._pb + nbytes
+        safety.check_bytes(total, self.allowed, self.limits, self.name)
+        safety.check_room(total, self.limits, self.name)
 
     def wrote(self, nbytes: int) -> None:
+        """Count ``nbytes`` written; refuse past the budget, the ratio or the reserve."""
         self.bytes += nbytes
         self._pb += nbytes
-        safety.check_bytes(self._global_bytes + self._pb, self.allowed, self.limits, self.name)
+        total = self._global_bytes + self._pb
+        safety.check_bytes(total, self.allowed, self.limits, self.name)
+        safety.check_room(total, self.limits, self.name)
+        if self.input_pos is not None:
+            safety.check_stream_ratio(total, self.input_pos(), self.limits, self.name)
         if self._pb >= _FLUSH_BYTES:
             self.flush()
 
@@ -718,6 +726,7 @@ def extract_zip(
         safety.check_entries(len(infos), writer.budget.allowed_entries, name)
         declared = sum(i.file_size for i in infos)
         safety.check_bytes(declared, writer.budget.allowed, writer.budget.limits, name)
+        safety.check_room(declared, writer.budget.limits, name)
         for index, info in enumerate(infos):
             writer.budget.entry()
             rel = safety.check_name(info.filename)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -560,6 +561,11 @@ def _extract_into(
         mp = (ctx, array, lock)
     else:
         shared = _engine.local_shared()
+    if limits.reserve:
+        usage = os.statvfs(staging)
+        limits = dataclasses.replace(
+            limits, room=max(usage.f_bavail * usage.f_frsize - limits.reserve, 0)
+        )
     budget = Budget(limits, size, archive.name, shared, cancel)
     writer = Writer(str(staging), budget, top=True)
     runner: Nested | None = None
@@ -600,6 +606,7 @@ def _extract_into(
                 _engine.extract_tar_seekable(fd, 0, size, writer, on_pos=on_pos, inner=hook)
             elif fmt == "zip":
                 raw_count.append(raw.tell)
+                budget.input_pos = raw.tell
                 buffered = io.BufferedReader(cast(Any, raw), 1 << 16)
                 _engine.extract_zip(
                     cast(IO[bytes], buffered), writer, lambda _i: throttle(raw.tell()), hook
@@ -607,8 +614,10 @@ def _extract_into(
             else:
                 counting = _engine.Counting(cast(IO[bytes], raw))
                 raw_count.append(lambda: counting.count)
+                budget.input_pos = raw_count[0]
                 writer.on_data = report
-                buffered = io.BufferedReader(counting, 1 << 20)
+                # Small reads: the ratio check compares output with the input consumed.
+                buffered = io.BufferedReader(counting, 1 << 16)
                 if fmt.startswith("tar."):
                     stream = formats.open_decompressed(cast(IO[bytes], buffered), fmt[4:])
                     _engine.extract_tar_stream(stream, writer, report, hook)
