@@ -374,9 +374,12 @@ def write_beneath(
     rel: str | os.PathLike[str],
     data: bytes,
     mode: int = 0o644,
+    *,
+    sync_dir: bool = False,
 ) -> None:
     """Replace ``root/rel`` with ``data`` atomically: a new file beside it, then a rename
-    over it — whatever stood there (a planted link included) is replaced, not followed."""
+    over it — whatever stood there (a planted link included) is replaced, not followed.
+    ``sync_dir``: also flush the folder, so the rename survives a power loss."""
     with _parent(root, rel, True) as (fd, name):
         tmp = f".{name[:200]}.{secrets.token_hex(4)}.tmp"
         out = os.open(
@@ -396,6 +399,8 @@ def write_beneath(
             raise
         os.close(out)
         os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        if sync_dir:
+            os.fsync(fd)
 
 
 def place_copy(

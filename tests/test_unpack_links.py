@@ -169,3 +169,29 @@ def test_link_problem_table(tmp_path: Path, links: dict[str, str], check: str, o
     for name, target in links.items():
         os.symlink(target, root / name)
     assert (link_problem(str(root), str(root / check)) is None) is ok
+
+
+def test_bookkeeping_swapped_for_a_link_mid_extraction_writes_nothing_outside(
+    tmp_path: Path,
+) -> None:
+    """Once the extraction has started, the destination's ``.acquired`` folder (staging,
+    locks, journal, marker) is moved away and a link to a neighbour put in its place."""
+    data, ds = world(tmp_path)
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    archive = make_tar(folder / "D.tar", {f"d/{i}.bin": bytes([i]) * 4096 for i in range(50)})
+    (data / "neighbour" / "train").mkdir()
+    swapped = []
+
+    def progress(done: int, total: int) -> None:
+        if not swapped:
+            swapped.append(True)
+            os.rename(ds / ".acquired", ds / ".acquired-moved")
+            os.symlink("../neighbour", ds / ".acquired")
+
+    before = outside_of(tmp_path)
+    with pytest.raises(PathEscapes):
+        extract(archive, ds / "train", "tar", workers=1, progress=progress, root=ds, base=data)
+    assert swapped
+    assert outside_of(tmp_path) == before
+    assert not (ds / "train").exists() or list((ds / "train").iterdir()) == []

@@ -12,8 +12,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any
 
-from . import _engine, formats
-from ._engine import InnerJob, InnerResult, Shared, Writer
+from . import _readers, formats
+from ._engine import Shared, Writer
+from ._readers import InnerJob, InnerResult
 from .errors import CorruptArchive, ExtractCancelled, WriteFailed
 from .safety import Limits
 
@@ -112,7 +113,7 @@ class Nested:
 
     def _submit(self, job: InnerJob) -> None:
         if self.workers <= 1 or self.mp is None:
-            self.results.append(_engine.extract_inner(job, self.shared, self.cancel))
+            self.results.append(_readers.extract_inner(job, self.shared, self.cancel))
             self.on_wait()
             return
         if self.pool is None:
@@ -121,12 +122,12 @@ class Nested:
             self.pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=ctx,
-                initializer=_engine.worker_init,
+                initializer=_readers.worker_init,
                 initargs=(array, lock, str(lock_path), os.getpid()),
             )
         while len(self.pending) >= 2 * self.workers:
             self._wait_some()
-        self.pending.add(self.pool.submit(_engine.run_inner, job))
+        self.pending.add(self.pool.submit(_readers.run_inner, job))
 
     def _wait_some(self) -> None:
         done, self.pending = wait(self.pending, timeout=0.25, return_when=FIRST_COMPLETED)

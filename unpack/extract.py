@@ -54,7 +54,7 @@ from typing import IO, Any, cast
 
 from acquired.common import safepath
 
-from . import _engine, formats, placement
+from . import _engine, _readers, formats, placement
 from ._engine import Budget, Shared, Throttle, Writer
 from ._nested import Nested, remove, writers_lock
 from .errors import (
@@ -110,7 +110,19 @@ def read_marker(marker: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("version") == MARKER_VERSION else None
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def _below(anchor: Path | None, path: Path) -> str | None:
+    """``path`` relative to ``anchor`` when it lies below it (then it is opened beneath
+    it, without following links), else ``None``."""
+    if anchor is None or not str(path).startswith(str(anchor).rstrip("/") + "/"):
+        return None
+    return safepath.relative_to(anchor, path)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any], anchor: Path | None = None) -> None:
+    rel = _below(anchor, path)
+    if anchor is not None and rel is not None:
+        safepath.write_beneath(anchor, rel, json.dumps(data, indent=1).encode(), sync_dir=True)
+        return
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
@@ -142,8 +154,15 @@ def _syncfs(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, how: int, timeout: float | None = None) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _flock(
+    path: Path, how: int, timeout: float | None = None, anchor: Path | None = None
+) -> Iterator[int]:
+    rel = _below(anchor, path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    if anchor is not None and rel is not None:
+        fd = safepath.open_beneath(anchor, rel, flags, 0o644)
+    else:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
     try:
         if timeout is None:
             fcntl.flock(fd, how)
@@ -183,7 +202,10 @@ def _key(archive: Path) -> str:
 class _Paths:
     """The bookkeeping paths of one (archive, target) step."""
 
-    def __init__(self, archive: Path, target: Path, meta_dir: Path) -> None:
+    def __init__(
+        self, archive: Path, target: Path, meta_dir: Path, anchor: Path | None = None
+    ) -> None:
+        self.anchor = anchor
         self.key = _key(archive)
         self.meta = meta_dir
         self.marker = meta_dir / f"{self.key}.json"
@@ -221,7 +243,7 @@ def _clean_stale(paths: _Paths) -> None:
                 continue
             stale = folder / name
             lock = _writers_lock(stale)
-            with _flock(lock, fcntl.LOCK_EX, timeout=120):
+            with _flock(lock, fcntl.LOCK_EX, timeout=120, anchor=paths.anchor):
                 _remove(stale)
                 _remove(stale.with_name(stale.name + ".inner"))
             _remove(lock)
@@ -344,7 +366,7 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
             limits,
             workers,
             progress,
-            _Paths(archive, target, Path(os.path.abspath(meta))),
+            _Paths(archive, target, Path(os.path.abspath(meta)), anchor),
             _Place(top or target, anchor or target, target_fd, links_meta),
             nested=nested,
             digest=digest,
@@ -365,6 +387,13 @@ class _Place:
     anchor: Path
     target_fd: int
     links_meta: Path
+
+    def open(self, folder: Path) -> int:
+        """A descriptor of ``folder`` (staging), opened beneath the anchor when it lies
+        there, so everything written into it stays in the folder that was created."""
+        if str(folder).startswith(str(self.anchor).rstrip("/") + "/"):
+            return safepath.open_dir_beneath(self.anchor, safepath.relative_to(self.anchor, folder))
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def check(self, target: Path) -> None:
         """Refuse to place when the target is no longer the folder opened at the start."""
@@ -419,7 +448,7 @@ def _extract_locked(  # noqa: PLR0917
     before_place: Callable[[], object] | None,
 ) -> ExtractResult:
     identity = _identity(archive, digest)
-    with _flock(paths.lock, fcntl.LOCK_EX):
+    with _flock(paths.lock, fcntl.LOCK_EX, anchor=paths.anchor):
         data = read_marker(paths.marker)
         if _marker_valid(data, identity, nested, target):
             assert data is not None
@@ -436,7 +465,7 @@ def _extract_locked(  # noqa: PLR0917
                 True,
                 paths.marker,
             )
-        with _flock(paths.placement, fcntl.LOCK_EX):
+        with _flock(paths.placement, fcntl.LOCK_EX, anchor=paths.anchor):
             journal = read_marker(paths.journal)
             if journal is not None:
                 _undo(place.target_fd, [str(o) for o in journal.get("outputs", [])])
@@ -450,12 +479,14 @@ def _extract_locked(  # noqa: PLR0917
         resolved = formats.resolve_format(archive, fmt)
         staging = paths.new_staging()
         staging.mkdir()
+        staging_fd = place.open(staging)
         writers_lock = _writers_lock(staging)
         try:
-            with _flock(writers_lock, fcntl.LOCK_SH):
+            with _flock(writers_lock, fcntl.LOCK_SH, anchor=paths.anchor):
                 counts, links = _extract_into(
                     archive=archive,
                     staging=staging,
+                    staging_fd=staging_fd,
                     fmt=resolved,
                     limits=limits,
                     workers=workers,
@@ -467,11 +498,13 @@ def _extract_locked(  # noqa: PLR0917
                     before_place()
                 # Steps of other archives may be placing into the same target right now
                 # (two files of a job, both into "."): one placement at a time.
-                with _flock(paths.placement, fcntl.LOCK_EX):
+                with _flock(paths.placement, fcntl.LOCK_EX, anchor=paths.anchor):
                     place.check(target)
                     moves = _plan_moves(staging, target)
-                    _write_json_atomic(paths.journal, {"version": MARKER_VERSION, "outputs": moves})
-                    _move_all(staging, target, place.target_fd, moves)
+                    _write_json_atomic(
+                        paths.journal, {"version": MARKER_VERSION, "outputs": moves}, paths.anchor
+                    )
+                    _move_all(staging_fd, target, place.target_fd, moves)
                     _syncfs(target)
                     base = safepath.relative_to(place.root, target)
                     try:
@@ -479,6 +512,7 @@ def _extract_locked(  # noqa: PLR0917
                             place.root,
                             place.links_meta,
                             ("/".join(p for p in (base, rel) if p) for rel in links),
+                            paths.anchor,
                         )
                     except BaseException:
                         _undo(place.target_fd, moves)
@@ -496,12 +530,14 @@ def _extract_locked(  # noqa: PLR0917
                         "outputs": moves,
                         "finished": time.time(),
                     }
-                    _write_json_atomic(paths.marker, record)
+                    _write_json_atomic(paths.marker, record, paths.anchor)
                     _remove(paths.journal)
         except BaseException:
+            os.close(staging_fd)
             _remove(staging)
             _remove(writers_lock)
             raise
+        os.close(staging_fd)
         _remove(staging)
         _remove(writers_lock)
         if delete_archive:
@@ -519,25 +555,22 @@ def _extract_locked(  # noqa: PLR0917
     )
 
 
-def _move_all(staging: Path, target: Path, target_fd: int, moves: list[str]) -> None:
-    staging_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        for rel in moves:
-            try:
-                placement.move_into_place(staging_fd, target_fd, rel)
-            except OSError as exc:
-                raise WriteFailed(
-                    f"cannot move {rel} into {target}: {exc.strerror}",
-                    path=str(target / rel),
-                ) from None
-    finally:
-        os.close(staging_fd)
+def _move_all(staging_fd: int, target: Path, target_fd: int, moves: list[str]) -> None:
+    for rel in moves:
+        try:
+            placement.move_into_place(staging_fd, target_fd, rel)
+        except OSError as exc:
+            raise WriteFailed(
+                f"cannot move {rel} into {target}: {exc.strerror}",
+                path=str(target / rel),
+            ) from None
 
 
 def _extract_into(
     *,
     archive: Path,
     staging: Path,
+    staging_fd: int,
     fmt: str,
     limits: Limits,
     workers: int | None,
@@ -567,7 +600,7 @@ def _extract_into(
             limits, room=max(usage.f_bavail * usage.f_frsize - limits.reserve, 0)
         )
     budget = Budget(limits, size, archive.name, shared, cancel)
-    writer = Writer(str(staging), budget, top=True)
+    writer = Writer(str(staging), budget, top=True, fd=os.dup(staging_fd))
     runner: Nested | None = None
     raw_count: list[Callable[[], int]] = []
 
@@ -603,12 +636,12 @@ def _extract_into(
                     else:
                         throttle(pos)
 
-                _engine.extract_tar_seekable(fd, 0, size, writer, on_pos=on_pos, inner=hook)
+                _readers.extract_tar_seekable(fd, 0, size, writer, on_pos=on_pos, inner=hook)
             elif fmt == "zip":
                 raw_count.append(raw.tell)
                 budget.input_pos = raw.tell
                 buffered = io.BufferedReader(cast(Any, raw), 1 << 16)
-                _engine.extract_zip(
+                _readers.extract_zip(
                     cast(IO[bytes], buffered), writer, lambda _i: throttle(raw.tell()), hook
                 )
             else:
@@ -620,18 +653,19 @@ def _extract_into(
                 buffered = io.BufferedReader(counting, 1 << 16)
                 if fmt.startswith("tar."):
                     stream = formats.open_decompressed(cast(IO[bytes], buffered), fmt[4:])
-                    _engine.extract_tar_stream(stream, writer, report, hook)
+                    _readers.extract_tar_stream(stream, writer, report, hook)
                 else:
                     name = formats.output_name(archive.name, fmt)
                     if name.startswith(".acquired"):
                         raise ReservedName(f"{name!r} is a name the pipeline keeps for itself")
-                    _engine.extract_single(cast(IO[bytes], buffered), fmt, name, writer)
+                    _readers.extract_single(cast(IO[bytes], buffered), fmt, name, writer)
             if runner is not None:
                 runner.finish()
             writer.finish()
             budget.flush()
         failed = False
     finally:
+        writer.close()
         if runner is not None:
             runner.close(failed)
     links = list(writer.symlink_paths)

@@ -92,8 +92,12 @@ def _inside(root: str, path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+def _locked(path: Path, anchor: Path | None) -> Iterator[None]:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    if anchor is not None:
+        fd = safepath.open_beneath(anchor, safepath.relative_to(anchor, path), flags, 0o644)
+    else:
+        fd = os.open(path, flags, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -101,13 +105,14 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def check_links(root: Path, meta: Path, placed: Iterable[str]) -> None:
+def check_links(root: Path, meta: Path, placed: Iterable[str], anchor: Path | None = None) -> None:
     """Check the links just placed (paths relative to ``root``) and every link placed
     earlier into ``root`` (the index ``meta/links.json``); raise :class:`LinkEscape` for the
-    first that is not safe, else add the new ones to the index."""
+    first that is not safe, else add the new ones to the index. ``anchor``: a trusted
+    folder above ``meta``; the index is then written without following links."""
     new = list(placed)
     index = meta / "links.json"
-    with _locked(meta / "links.lock"):
+    with _locked(meta / "links.lock", anchor):
         try:
             known = [str(x) for x in json.loads(index.read_text("utf-8"))]
         except (OSError, ValueError, TypeError):
@@ -128,9 +133,13 @@ def check_links(root: Path, meta: Path, placed: Iterable[str]) -> None:
                     reason=why,
                 )
         alive = [rel for rel in dict.fromkeys([*known, *new]) if (root / rel).is_symlink()]
-        tmp = index.with_name(f".links.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(alive), "utf-8")
-        os.replace(tmp, index)
+        data = json.dumps(alive).encode()
+        if anchor is not None:
+            safepath.write_beneath(anchor, safepath.relative_to(anchor, index), data)
+        else:
+            tmp = index.with_name(f".links.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, index)
 
 
 def same_folder(fd: int, root: Path, rel: str) -> None:
