@@ -369,6 +369,11 @@ def unlink_beneath(
             raise
 
 
+def _short(name: str) -> str:
+    """At most 200 bytes of ``name`` (temporary names must stay within NAME_MAX)."""
+    return name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")
+
+
 def write_beneath(
     root: str | os.PathLike[str] | int,
     rel: str | os.PathLike[str],
@@ -381,7 +386,7 @@ def write_beneath(
     over it — whatever stood there (a planted link included) is replaced, not followed.
     ``sync_dir``: also flush the folder, so the rename survives a power loss."""
     with _parent(root, rel, True) as (fd, name):
-        tmp = f".{name[:200]}.{secrets.token_hex(4)}.tmp"
+        tmp = f".{_short(name)}.{secrets.token_hex(4)}.tmp"
         out = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -415,7 +420,7 @@ def place_copy(
     bytes copied), else a copy flushed to disk first; then a rename into place. With
     ``remove_part`` a ``rel.part`` left by an earlier transfer is removed."""
     with _parent(root, rel, True) as (fd, name):
-        tmp = f".{name[:200]}.{secrets.token_hex(4)}.watched"
+        tmp = f".{_short(name)}.{secrets.token_hex(4)}.watched"
         try:
             os.link(source, tmp, dst_dir_fd=fd)
         except OSError:
@@ -436,6 +441,6 @@ def place_copy(
                 raise
             os.close(out)
         os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-        if remove_part:
+        if remove_part and len(os.fsencode(name)) <= 250:  # else no ".part" can exist
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name + ".part", dir_fd=fd)

@@ -227,3 +227,13 @@ def test_place_copy_through_a_swapped_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PathEscapes):
         safepath.place_copy(source, root, "ds/sub/f.bin")
     assert list(elsewhere.iterdir()) == []
+
+
+def test_temporary_names_stay_within_name_max(tmp_path: Path) -> None:
+    name = "é" * 127  # 254 bytes
+    safepath.write_beneath(tmp_path, name, b"x")
+    source = tmp_path / "src"
+    source.write_bytes(b"y")
+    safepath.place_copy(source, tmp_path, "sub/" + name)
+    assert (tmp_path / name).read_bytes() == b"x"
+    assert (tmp_path / "sub" / name).read_bytes() == b"y"
