@@ -556,14 +556,14 @@ def _extract_locked(  # noqa: PLR0917
 
 
 def _move_all(staging_fd: int, target: Path, target_fd: int, moves: list[str]) -> None:
-    for rel in moves:
-        try:
-            placement.move_into_place(staging_fd, target_fd, rel)
-        except OSError as exc:
-            raise WriteFailed(
-                f"cannot move {rel} into {target}: {exc.strerror}",
-                path=str(target / rel),
-            ) from None
+    try:
+        placement.move_into_place(staging_fd, target_fd, moves)
+    except OSError as exc:
+        rel = str(exc.filename)
+        raise WriteFailed(
+            f"cannot move {rel} into {target}: {exc.strerror}",
+            path=str(target / rel),
+        ) from None
 
 
 def _extract_into(

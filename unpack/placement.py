@@ -158,10 +158,31 @@ def same_folder(fd: int, root: Path, rel: str) -> None:
         os.close(now)
 
 
-def move_into_place(staging_fd: int, target_fd: int, rel: str) -> None:
-    """Rename ``staging/rel`` to ``target/rel``; the folders on the way are resolved
-    without following links on both sides."""
-    safepath.rename_beneath(staging_fd, rel, rel, dst_root=target_fd)
+def move_into_place(staging_fd: int, target_fd: int, rels: Iterable[str]) -> None:
+    """Rename each ``staging/rel`` to ``target/rel``; the folders on the way are resolved
+    without following links on both sides, once per folder (a merge moves many entries
+    into the same one). An ``OSError`` names the ``rel`` that failed as its filename."""
+    folders: dict[str, tuple[int, int]] = {}
+    try:
+        for rel in rels:
+            parent, _, name = rel.rpartition("/")
+            try:
+                if parent not in folders:
+                    src = safepath.open_dir_beneath(staging_fd, parent)
+                    try:
+                        dst = safepath.open_dir_beneath(target_fd, parent)
+                    except BaseException:
+                        os.close(src)
+                        raise
+                    folders[parent] = (src, dst)
+                src, dst = folders[parent]
+                os.replace(name, name, src_dir_fd=src, dst_dir_fd=dst)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, rel) from None
+    finally:
+        for src, dst in folders.values():
+            os.close(src)
+            os.close(dst)
 
 
 def remove_beneath(root_fd: int, rel: str) -> None:
