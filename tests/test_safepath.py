@@ -237,3 +237,22 @@ def test_temporary_names_stay_within_name_max(tmp_path: Path) -> None:
     safepath.place_copy(source, tmp_path, "sub/" + name)
     assert (tmp_path / name).read_bytes() == b"x"
     assert (tmp_path / "sub" / name).read_bytes() == b"y"
+
+
+def test_enosys_falls_back_to_the_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel (or seccomp filter) without openat2: the probe says so once and every call
+    takes the component walk, with the same refusals."""
+
+    def enosys(*_args: object) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(safepath, "_openat2_state", None)
+    monkeypatch.setattr(safepath, "_syscall_openat2", enosys)
+    assert safepath.have_openat2() is False
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path, tmp_path / "d" / "up")
+    fd = safepath.open_beneath(tmp_path, "d/f", os.O_WRONLY | os.O_CREAT)
+    os.close(fd)
+    with pytest.raises(PathEscapes):
+        safepath.open_beneath(tmp_path, "d/up/f", os.O_WRONLY | os.O_CREAT)
+    assert not (tmp_path / "f").exists()
