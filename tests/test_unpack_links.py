@@ -16,6 +16,7 @@ from acquired.common.safepath import PathEscapes
 from acquired.unpack import UnpackStep, process_file
 from acquired.unpack.errors import LinkEscape
 from acquired.unpack.extract import extract
+from acquired.unpack.pipeline import ListingStep, finish_job
 from acquired.unpack.placement import link_problem
 
 
@@ -195,3 +196,22 @@ def test_bookkeeping_swapped_for_a_link_mid_extraction_writes_nothing_outside(
     assert swapped
     assert outside_of(tmp_path) == before
     assert not (ds / "train").exists() or list((ds / "train").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("plant", "listing"),
+    [("train", ListingStep(root="train")), (".acquired", ListingStep(root="."))],
+)
+def test_job_steps_do_not_follow_a_planted_link(
+    tmp_path: Path, plant: str, listing: ListingStep
+) -> None:
+    """A listing of a folder (or into the bookkeeping folder) that became a link after the
+    files were placed is refused; the neighbour gets no listing."""
+    _, ds = world(tmp_path)
+    (ds / "img").mkdir()
+    (ds / "img" / "a.bin").write_bytes(b"a")
+    os.symlink("../neighbour", ds / plant)
+    before = outside_of(tmp_path)
+    with pytest.raises(PathEscapes):
+        finish_job(ds, listings=[listing])
+    assert outside_of(tmp_path) == before
