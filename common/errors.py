@@ -30,3 +30,49 @@ class AcquiredError(Exception):
         # Errors cross process boundaries (worker processes); the default pickling would
         # drop the keyword-only details.
         return (_rebuild, (type(self), str(self), dict(self.details)))
+
+
+# --- codes raised by more than one package ----------------------------------------------
+# Each is defined here once. A package that raises one from its own code and needs it inside
+# its own hierarchy (``except UnpackError``, a ``SourceError`` field) subclasses it without
+# redefining anything, so ``except acquired.common.errors.DiskFull`` catches every package's.
+
+
+class DigestMismatch(AcquiredError):
+    """A file's content does not match its expected digest.
+
+    details: ``algorithm``, ``expected``, ``actual`` and where the data came from.
+    """
+
+    code = "verify.digest_mismatch"
+    hint = (
+        "The data is discarded and fetched again from another mirror or source if there is "
+        "one. If every source gives the same digest, the checksum in the manifest (or the "
+        "dataset's checksum file) is probably wrong."
+    )
+    retryable = True
+
+
+class UnsupportedAlgorithm(AcquiredError):
+    """A digest names an algorithm acquired does not verify."""
+
+    code = "verify.unsupported_algorithm"
+    hint = "Use one of sha256, sha512, sha1, md5 or blake2b."
+
+
+class InvalidDigest(AcquiredError):
+    """An expected digest is not hexadecimal of the algorithm's length."""
+
+    code = "verify.invalid_digest"
+    hint = "Copy the checksum again from the dataset's page: it must be plain hexadecimal."
+
+
+class DiskFull(AcquiredError):
+    """The filesystem ran out of space while writing (ENOSPC, EDQUOT).
+
+    What a download wrote so far is kept; a half-done extraction is removed and redone.
+    """
+
+    code = "disk.full"
+    hint = "Free space under the data root; the work resumes by itself."
+    retryable = True

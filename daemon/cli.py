@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,40 +17,28 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from acquired.daemon.config import Config
 from acquired.daemon.control import request
+from acquired.daemon.discovery import Candidate, find_daemon
 from acquired.daemon.errors import describe
 from acquired.daemon.manifest import manifest_schema
 from acquired.daemon.tui import render_status
 from acquired.daemon.units import format_bytes
 
-SYSTEM_CONFIG = Path("/etc/acquired/acquired.toml")
-COMMAND_FAMILIES = ("mirrors", "doctor", "top", "logs")
+COMMAND_FAMILIES = ("add", "jobs", "mirrors", "doctor", "top", "logs")
 
 
-def default_socket() -> Path:
-    """The socket to talk to: $ACQUIRED_SOCKET, else a daemon started here with the
-    embedded defaults (`make run`), else the system service's, else the local default."""
-    env = os.environ.get("ACQUIRED_SOCKET")
-    if env:
-        return Path(env)
-    local = Config.load(None).socket_path
-    if local.exists():
-        return local
-    if SYSTEM_CONFIG.is_file():
-        try:
-            return Config.load(SYSTEM_CONFIG).socket_path
-        except Exception:
-            return Path("/run/acquired/acquired.sock")
-    return local
+def find(args: argparse.Namespace) -> Candidate:
+    """The daemon this invocation talks to (found once, then remembered on ``args``)."""
+    found: Candidate | None = getattr(args, "_daemon", None)
+    if found is None:
+        found = find_daemon(args.socket, args.config)
+        args._daemon = found
+    return found
 
 
 def socket_path(args: argparse.Namespace) -> Path:
-    if args.socket is not None:
-        return Path(args.socket)
-    if args.config is not None:
-        return Config.load(args.config).socket_path
-    return default_socket()
+    """The control socket of the daemon this invocation talks to."""
+    return find(args).socket
 
 
 def call(args: argparse.Namespace, payload: dict[str, Any]) -> Any:
@@ -59,10 +46,8 @@ def call(args: argparse.Namespace, payload: dict[str, Any]) -> Any:
     return request(socket_path(args), payload)
 
 
-# -- commands ---------------------------------------------------------------------------------
-
-
 def print_json(value: Any) -> None:
+    """Print ``value`` as indented JSON."""
     print(json.dumps(value, indent=2, default=str))
 
 
@@ -70,15 +55,17 @@ def print_json(value: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Jobs, transfers and events once (``--json``: the snapshot as it is)."""
     snapshot = call(args, {"cmd": "status"})
     if args.json:
         print_json(snapshot)
         return 0
-    Console().print(render_status(snapshot))
+    Console().print(render_status(snapshot, all_jobs=args.all))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """One job: each file's state, attempts, source and last error."""
     job = call(args, {"cmd": "show", "job": args.job})
     if args.json:
         print_json(job)
@@ -119,30 +106,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_add(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        print(f"acquirectl: cannot read {path}: {exc.strerror}", file=sys.stderr)
-        return 2
-    result = call(args, {"cmd": "add", "name": path.name, "text": text, "replace": args.replace})
-    print(f"{result['job']}: {result['message']}")
-    return 0
-
-
-def cmd_job_command(args: argparse.Namespace) -> int:
-    result = call(args, {"cmd": args.cmd, "job": args.job})
-    print(f"{result['job']}: {args.cmd} applied to {result['files']} file(s)")
-    return 0
-
-
 def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the manifest's JSON Schema."""
     print_json(manifest_schema())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """acquirectl's parser, with every command family registered."""
     parser = argparse.ArgumentParser(prog="acquirectl", description="Control the acquired daemon.")
     parser.add_argument("--socket", help="control socket (default: found automatically)")
     parser.add_argument("--config", type=Path, help="the daemon's configuration file")
@@ -150,27 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="jobs with progress, speed and ETA")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="every job (default: active and recent)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("show", help="one job: files, attempts, last errors")
     p.add_argument("job")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
-
-    p = sub.add_parser("add", help="submit a manifest (as if dropped into the inbox)")
-    p.add_argument("file")
-    p.add_argument("--replace", action="store_true", help="replace an active job of that name")
-    p.set_defaults(func=cmd_add)
-
-    for name, text in (
-        ("pause", "pause a job's transfers (progress is kept)"),
-        ("resume", "resume a paused job"),
-        ("cancel", "cancel a job (downloaded data is kept)"),
-        ("retry", "retry a job's failed or cancelled files"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("job")
-        p.set_defaults(func=cmd_job_command, cmd=name)
 
     p = sub.add_parser("schema", help="print the manifest's JSON Schema")
     p.set_defaults(func=cmd_schema)
@@ -183,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one acquirectl command; errors are one message and a hint (JSON under --json)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -193,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         info = describe(exc)
         if info.code == "internal.error":
             raise
+        if getattr(args, "json", False):
+            print_json({"ok": False, "error": info.as_dict()})
+            return 1
         print(f"acquirectl: {info.message}", file=sys.stderr)
         if info.hint:
             print(f"  hint: {info.hint}", file=sys.stderr)

@@ -31,6 +31,9 @@ from pydantic import (
     model_validator,
 )
 
+from acquired.common.redact import DEFAULT_QUERY_PARAMS
+
+from .cluster_config import ClusterSettings
 from .errors import DaemonError
 from .units import (
     Bool,
@@ -289,6 +292,7 @@ class Config(_Strict):
     inbox_max_manifest_size: Size = Field(default=64 * 1024**2, ge=1024)
     """``[inbox] max_manifest_size``: a larger file in the inbox is rejected unread."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    redact_query_params: list[str] = Field(default_factory=lambda: list(DEFAULT_QUERY_PARAMS))
     max_concurrent_files: Int = Field(default=4, ge=1, le=1024)
     bandwidth_limit: Rate = Field(default=0, ge=0)
     disk_reserve: DiskReserveField = Field(
@@ -298,6 +302,7 @@ class Config(_Strict):
     torrent: TorrentSettings = Field(default_factory=TorrentSettings)
     unpack: UnpackSettings = Field(default_factory=UnpackSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    cluster: ClusterSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -412,6 +417,7 @@ class Config(_Strict):
                 "state_dir": fix(self.state_dir),
                 "runtime_dir": fix(self.runtime_dir),
                 "unpack": unpack,
+                "cluster": self.cluster.resolved(base) if self.cluster else None,
             }
         )
 

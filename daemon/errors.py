@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from acquired.common.errors import AcquiredError
+from acquired.common.redact import redact_text, redact_value
 
 
 class DaemonError(AcquiredError):
@@ -27,6 +28,7 @@ class ErrorInfo:
     details: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
+        """The error as a JSON-able dict, as the control socket sends it."""
         return {
             "code": self.code,
             "message": self.message,
@@ -59,10 +61,10 @@ def describe(exc: BaseException) -> ErrorInfo:
     details = getattr(exc, "details", {}) or {}
     return ErrorInfo(
         code=code,
-        message=str(exc),
+        message=redact_text(str(exc)),
         hint=str(getattr(exc, "hint", "")),
         retryable=bool(getattr(exc, "retryable", False)),
-        details={k: v for k, v in details.items() if _jsonable(v)},
+        details={k: redact_value(v) for k, v in details.items() if _jsonable(v)},
     )
 
 

@@ -192,6 +192,7 @@ class FolderWatcher:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        """Watch the folder, then deliver the manifests already in it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self._observer.schedule(_Handler(self), str(self.folder), recursive=self.recursive)
         self._observer.start()
@@ -214,6 +215,7 @@ class FolderWatcher:
         return path.parent == self.folder
 
     def settle(self, path: Path) -> None:
+        """Deliver ``path`` once its size has stayed the same for ``SETTLE`` seconds."""
         if not self._watches(path) or not is_candidate(path):
             return
         try:
@@ -245,6 +247,7 @@ class FolderWatcher:
         self.deliver(path)
 
     def stop(self) -> None:
+        """Stop watching and drop the files still settling."""
         self._observer.stop()
         self._observer.join(5)
         with self._lock:

@@ -23,6 +23,8 @@ from typing import Any, TextIO
 from systemd.journal import JournalHandler
 from systemd.journal import send as journal_send
 
+from acquired.common.redact import redact_text
+
 LOG = logging.getLogger("acquired")
 
 #: SYSLOG_IDENTIFIER of every record; ``acquirectl logs`` filters on it.
@@ -86,6 +88,7 @@ class AcquiredJournalHandler(JournalHandler):
         super().__init__(level, sender_function=sender_function, **fields)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Send one record to the journal with its fields."""
         try:
             message = self.format(record)
             extras: dict[str, Any] = dict(self._extra)
@@ -109,10 +112,41 @@ class AcquiredJournalHandler(JournalHandler):
             self.handleError(record)
 
 
+def strip_where(message: str, job: object, file: object) -> str:
+    """``message`` without a leading ``[job]`` or ``[job/file]`` that repeats its fields
+    (every reader shows those fields already)."""
+    if not job or not message.startswith("["):
+        return message
+    for where in (f"{job}/{file}" if file else None, str(job)):
+        if where and message.startswith(f"[{where}] "):
+            return message[len(where) + 3 :]
+    return message
+
+
+class RecordFilter(logging.Filter):
+    """Makes a record fit to be shown: secrets in URLs redacted (message and traceback),
+    and no ``[job/file]`` prefix doubling the record's own job and file fields."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place; never drops one."""
+        message = record.getMessage()
+        clean = redact_text(
+            strip_where(message, getattr(record, "job", None), getattr(record, "file", None))
+        )
+        if clean != message:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True
+
+
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, job, file, source, code."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -139,6 +173,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as a text line with its job/file tags."""
         line = super().format(record)
         tags = " ".join(
             f"{key}={getattr(record, key)}"
@@ -199,6 +234,7 @@ def setup_logging(
         rotating.setFormatter(JsonLineFormatter())
         handlers.append(rotating)
     for handler in handlers:
+        handler.addFilter(RecordFilter())
         root.addHandler(handler)
     return handlers
 
@@ -253,7 +289,8 @@ def format_entry(entry: Mapping[str, Any]) -> str:
     if entry.get("code"):
         tags.append(str(entry["code"]))
     tag = f" [{' '.join(tags)}]" if tags else ""
-    return f"{stamp} {str(entry.get('level', 'info')).upper()}{tag} {entry.get('message', '')}"
+    message = strip_where(str(entry.get("message", "")), entry.get("job"), entry.get("file"))
+    return f"{stamp} {str(entry.get('level', 'info')).upper()}{tag} {redact_text(message)}"
 
 
 def read_log_file(

@@ -52,13 +52,19 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
+from acquired.common.digests import ALGORITHMS, normalize_digest
+from acquired.common.errors import InvalidDigest
+
 from .config import Rate, Size
 from .errors import DaemonError
+from .manifest_urllist import UrllistSpec, kind_schema, urllist_cross_check
 from .units import Bool, Int, describe_validation_error, parse_host_port
 
 __all__ = [
@@ -82,7 +88,8 @@ __all__ = [
     "resolve_under",
 ]
 
-DIGEST_LENGTHS: dict[str, int] = {"sha256": 64, "sha1": 40, "md5": 32, "blake2b": 128}
+#: The checksums a ``[[files]]`` entry may carry, with their length in hex digits.
+DIGEST_LENGTHS: dict[str, int] = ALGORITHMS
 
 # Longest suffix first, so "a.tar.gz" is "tar.gz" and not "gz".
 ARCHIVE_SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -206,7 +213,11 @@ def _relative_folder(value: object) -> str:
 
 
 def _destination(value: object) -> str:
-    normal = check_relative_path(value, folder=True, allow_dot=True)
+    try:
+        normal = check_relative_path(value, folder=True, allow_dot=True)
+    except ValueError as exc:
+        # the rules are those of paths in the destination; this one is in the data root
+        raise ValueError(str(exc).replace("the destination", "the data root")) from None
     if normal == ".":
         raise ValueError(
             f"{value!r} is the data root itself — give the dataset its own folder, "
@@ -265,25 +276,14 @@ def redact_url(url: str) -> str:
 
 
 def _digest_validator(algorithm: str) -> Any:
-    length = DIGEST_LENGTHS[algorithm]
-
     def check(value: object) -> object:
         if value is None:
             return None
-        if not isinstance(value, str):
-            raise ValueError(f"{value!r} — a {algorithm} digest is a string of {length} hex digits")
-        text = value.strip().lower()
-        if not _HEX_RE.match(text):
-            raise ValueError(
-                f"{value!r} is not hexadecimal — a {algorithm} digest is {length} characters "
-                "0-9 and a-f"
-            )
-        if len(text) != length:
-            raise ValueError(
-                f"{value!r} has {len(text)} characters — a {algorithm} digest has exactly "
-                f"{length}; check that it is the {algorithm} and copied whole"
-            )
-        return text
+        try:
+            # A manifest's blake2b is the full 512 bits, as its schema pattern says.
+            return normalize_digest(algorithm, value, short_blake2b=False)
+        except InvalidDigest as exc:
+            raise ValueError(str(exc)) from None
 
     return BeforeValidator(check)
 
@@ -577,6 +577,9 @@ class FileSpec(_Strict):
     sha256: Annotated[str | None, _digest_validator("sha256")] = Field(
         default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{64}$"}
     )
+    sha512: Annotated[str | None, _digest_validator("sha512")] = Field(
+        default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{128}$"}
+    )
     sha1: Annotated[str | None, _digest_validator("sha1")] = Field(
         default=None, json_schema_extra={"pattern": "^[0-9a-fA-F]{40}$"}
     )
@@ -655,8 +658,14 @@ def _version(value: object) -> object:
 class Manifest(_Strict):
     """A dataset: its name (the job id), destination under the data root, and files."""
 
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, json_schema_extra=kind_schema
+    )
+
     manifest_version: Annotated[Literal[1], BeforeValidator(_version)]
     """Always 1."""
+    kind: Literal["files", "urllist"] = "files"
+    """files: the files listed; urllist: a list of URLs fetched into shards ([urllist])."""
     name: Annotated[str, BeforeValidator(_name)]
     """The job id: letters, digits, '.', '_', '-' (at most 128, starting alphanumeric)."""
     description: str = ""
@@ -667,8 +676,11 @@ class Manifest(_Strict):
     """Default parallel HTTP connections for this dataset's files."""
     bandwidth_limit: Rate | None = Field(default=None, ge=0)
     """Rate limit for this job in bytes/s ("20M" accepted); 0 or absent: none."""
-    files: list[FileSpec] = Field(min_length=1)
-    """The files of the dataset."""
+    files: list[FileSpec] = Field(default_factory=list)
+    """The files of the dataset (at least one for kind "files"; for kind "urllist", the
+    URL list itself, fetched and verified first)."""
+    urllist: UrllistSpec | None = None
+    """A URL-list job's input, shards, filters, resizing and deduplication."""
     pip: PipSpec | None = None
     """Python wheels to fetch alongside."""
     checksums: list[ChecksumsSpec] = Field(default_factory=list)
@@ -677,6 +689,15 @@ class Manifest(_Strict):
     """Layouts made once every file is done, in this order."""
     listing: list[ListingSpec] = Field(default_factory=list)
     """Listings written (and counts checked) last."""
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A files job dumps as it did before kinds existed: same stored JSON, same digest.
+        data: dict[str, Any] = handler(self)
+        if self.kind == "files" and self.urllist is None:
+            data.pop("kind", None)
+            data.pop("urllist", None)
+        return data
 
     @property
     def has_job_steps(self) -> bool:
@@ -690,6 +711,8 @@ class Manifest(_Strict):
         for i, f in enumerate(self.files):
             out.append((f"files[{i}].path", f.path))
             out += [(f"files[{i}].unpack[{j}].into", u.into) for j, u in enumerate(f.unpack)]
+        if self.urllist is not None:
+            out.append(("urllist.input", self.urllist.input))
         if self.pip is not None:
             out.append(("pip.target", self.pip.target))
         for i, c in enumerate(self.checksums):
@@ -734,7 +757,7 @@ class Manifest(_Strict):
 
 
 def _cross_check(m: Manifest) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[str, str]] = urllist_cross_check(m.kind, m.urllist, len(m.files))
     seen: dict[str, int] = {}
     for i, f in enumerate(m.files):
         if f.path in seen:

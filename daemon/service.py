@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from acquired.common import safepath
+from acquired.common.redact import redact_text
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, ErrorInfo, describe
+from acquired.daemon.forget import forget_job
 from acquired.daemon.inbox import UnreadableManifest, read_manifest, reject_file
 from acquired.daemon.manifest import (
     FileSpec,
@@ -66,6 +68,7 @@ from acquired.daemon.store import FileRow, NewFile, Store
 from acquired.daemon.torrents import (
     peer_hints,
     probe_and_choose,
+    restore_seeding,
     same_torrent,
     torrent_key,
     torrent_source,
@@ -259,6 +262,7 @@ class Service:
         """Use ``engine`` for torrent sources (None: torrents are unavailable, ``why_not``)."""
         self.torrents = engine
         self.torrents_down = why_not if engine is None else None
+        self._seeding.update(restore_seeding(engine, self.store))
 
     # -- threads other than the state thread call only these ---------------------------
 
@@ -1334,6 +1338,8 @@ class Service:
                 return {"ok": True, "result": self.intake(text, name, replace=replace)}
             if cmd in ("pause", "resume", "cancel", "retry"):
                 return {"ok": True, "result": self.command(cmd, str(payload.get("job", "")))}
+            if cmd == "forget":
+                return {"ok": True, "result": forget_job(self, payload)}
             if cmd == "doctor":
                 return {"ok": True, "result": self.doctor()}
             if cmd == "test-hang" and self._test_faults:
@@ -1565,6 +1571,7 @@ class Service:
         code: str | None = None,
     ) -> None:
         """One line per state change and per error: in the log and in the store."""
+        message = redact_text(message)
         path = None
         if row is not None:
             file_id, path = row.id, row.path

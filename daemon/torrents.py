@@ -7,8 +7,11 @@ block and so run on worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from acquired.daemon.config import Config
 from acquired.daemon.errors import describe
@@ -31,6 +34,12 @@ from acquired.sources.torrent import (
     TorrentUrl,
 )
 
+if TYPE_CHECKING:
+    from acquired.daemon.store import Store
+
+PROBE_KEEP = 60.0
+"""Seconds a probed torrent waits in the session for the transfer that adopts it."""
+
 
 def engine_settings(config: Config) -> TorrentSettings:
     """The engine's settings from the daemon's ``[torrent]`` section."""
@@ -50,6 +59,7 @@ def torrent_source(spec: TorrentSpec) -> TorrentSource:
 
 
 def same_torrent(a: TorrentSpec, b: TorrentSpec) -> bool:
+    """Whether two manifest torrent sources name the same torrent."""
     return (a.kind, a.value) == (b.kind, b.value)
 
 
@@ -61,6 +71,7 @@ def torrent_key(job_id: str, spec: TorrentSpec) -> str:
 
 
 def peer_hints(spec: TorrentSpec) -> tuple[tuple[str, int], ...]:
+    """The ``host:port`` peers of a torrent source as (host, port) pairs."""
     hints = []
     for peer in spec.peers:
         host, _, port = peer.rpartition(":")
@@ -76,12 +87,21 @@ def probe_and_choose(
     window: float,
     single_file: bool,
 ) -> Decision:
-    """Watch the swarm and measure the mirrors, then choose (blocks for ``window``)."""
-    try:
-        swarm = engine.probe(torrent_source(spec), window=window, peers=peer_hints(spec))
-    except Exception as exc:
-        swarm = SwarmEvidence(seeds=0, peers=0, error=describe(exc).message)
-    samples = probe_all(mirrors)
+    """Watch the swarm and measure the mirrors at once, then choose (blocks for ``window``).
+
+    The swarm probe fetches the wanted file meanwhile; when the choice includes the
+    torrent, the transfer that follows adopts what it fetched, otherwise it is dropped."""
+    source = torrent_source(spec)
+    files = (spec.file,) if spec.file else None
+    with ThreadPoolExecutor(1, thread_name_prefix="probe-mirrors") as pool:
+        measured = pool.submit(probe_all, mirrors)
+        try:
+            swarm = engine.probe(
+                source, window=window, peers=peer_hints(spec), files=files, keep=PROBE_KEEP
+            )
+        except Exception as exc:
+            swarm = SwarmEvidence(seeds=0, peers=0, error=describe(exc).message)
+        samples = measured.result()
     evidence = Evidence(
         swarm=swarm,
         mirrors=tuple(
@@ -89,4 +109,24 @@ def probe_and_choose(
         ),
         web_seed_capable=single_file,
     )
-    return choose_source(evidence)
+    decision = choose_source(evidence)
+    if decision.source == "http":
+        # Should this fail, the probe expires by itself; the choice stands.
+        with contextlib.suppress(Exception):
+            engine.drop_probe(source)
+    return decision
+
+
+def restore_seeding(engine: TorrentEngine | None, store: Store) -> dict[str, dict[str, Any]]:
+    """Seed again what was seeding before the last stop, for jobs the store still has.
+
+    Returns what the status shows of each (torrent key -> job, ratio, peers, upload)."""
+    if engine is None:
+        return {}
+    keys = engine.restore_seeding(accept=lambda key: store.get_job(job_of(key)) is not None)
+    return {k: {"job": job_of(k), "ratio": 0.0, "peers": 0, "upload": 0.0} for k in keys}
+
+
+def job_of(key: str) -> str:
+    """The job of a torrent key (``torrent_key``'s inverse)."""
+    return key.rpartition("/")[0]

@@ -25,6 +25,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
+from acquired.common.redact import redact_value
 from acquired.daemon.units import format_bytes, format_duration, format_rate
 
 #: Recent events shown under the transfers, and job rows shown at most.
@@ -72,13 +73,58 @@ def header(snapshot: Mapping[str, Any]) -> Text:
     return text
 
 
+JOB_GROUPS = ("active", "queued", "failed", "paused", "done", "cancelled")
+_GROUP_OF = {
+    "fetching": "active",
+    "verifying": "active",
+    "unpacking": "active",
+    "finishing": "active",
+    "queued": "queued",
+    "failed": "failed",
+    "paused": "paused",
+    "done": "done",
+    "cancelled": "cancelled",
+    "empty": "done",
+}
+_GROUP_STYLES = {**_STATE_STYLES, "active": "bold"}
+
+
+def job_group(state: object) -> str:
+    """Which of ``JOB_GROUPS`` a job state belongs to."""
+    return _GROUP_OF.get(str(state), "active")
+
+
+def job_counts(jobs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many jobs are in each group (groups without jobs left out)."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        group = job_group(job.get("state"))
+        counts[group] = counts.get(group, 0) + 1
+    return {g: counts[g] for g in JOB_GROUPS if g in counts}
+
+
 def summary(snapshot: Mapping[str, Any]) -> Text:
-    """``2 active · 3.1 MB/s · 1 queued · 12 done · 1 failed``."""
+    """``jobs 3: 1 active · 1 failed · 1 done`` and, below,
+    ``files: 2 active · 3.1 MB/s · 12 done · 0 failed``.
+
+    Jobs and files are counted apart, each saying what it counts.
+    """
     counts = snapshot.get("counts") or {}
     active = snapshot.get("active") or []
+    jobs = snapshot.get("jobs") or []
     speed = sum(float(a.get("speed") or 0) for a in active)
     text = Text()
-    text.append(f"{int(counts.get('active', len(active)) or 0)} active", style="bold")
+    text.append(f"jobs {len(jobs)}", style="bold")
+    by_group = job_counts(jobs)
+    if by_group:
+        text.append(": ")
+        text.append_text(
+            Text(" · ").join(
+                Text(f"{n} {g}", style=_GROUP_STYLES.get(g, "")) for g, n in by_group.items()
+            )
+        )
+    text.append("\nfiles: ", style="bold")
+    text.append(f"{int(counts.get('active', len(active)) or 0)} active")
     text.append(f" · {format_rate(speed)}")
     for key in ("queued", "paused"):
         if counts.get(key):
@@ -169,18 +215,33 @@ def transfers_table(active: Sequence[Mapping[str, Any]], width: int) -> Table:
     return table
 
 
-def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int = 100, limit: int = MAX_JOBS) -> Table:
-    """Jobs that are not finished first, then the finished ones, at most ``limit``; speed
-    and ETA only where the width leaves the job's name room."""
-    order = {
-        "failed": 0,
-        "fetching": 1,
-        "verifying": 1,
-        "unpacking": 1,
-        "finishing": 1,
-        "paused": 2,
-    }
-    ranked = sorted(jobs, key=lambda j: (order.get(str(j.get("state")), 3), str(j.get("id"))))
+def rank_jobs(
+    jobs: Sequence[Mapping[str, Any]], limit: int | None = MAX_JOBS
+) -> tuple[list[Mapping[str, Any]], int]:
+    """The jobs to list, in order, and how many finished ones were left out.
+
+    Jobs that are moving come first, then queued, failed and paused ones, then finished
+    ones; within each group the newest first (the snapshot lists jobs oldest first).
+    Every job that is not finished is listed; finished ones fill up to ``limit`` rows
+    (None: all of them).
+    """
+    order = {g: i for i, g in enumerate(JOB_GROUPS)}
+    newest_first = list(reversed(jobs))
+    ranked = sorted(newest_first, key=lambda j: order[job_group(j.get("state"))])
+    if limit is None:
+        return ranked, 0
+    unfinished = [j for j in ranked if job_group(j.get("state")) not in ("done", "cancelled")]
+    finished = ranked[len(unfinished) :]
+    room = max(0, limit - len(unfinished))
+    return unfinished + finished[:room], max(0, len(finished) - room)
+
+
+def jobs_table(
+    jobs: Sequence[Mapping[str, Any]], width: int = 100, limit: int | None = MAX_JOBS
+) -> Table:
+    """Jobs in the order of :func:`rank_jobs`; speed and ETA only where the width leaves
+    the job's name room."""
+    ranked, hidden = rank_jobs(jobs, limit)
     table = Table(box=None, expand=True, pad_edge=False, show_edge=False, padding=(0, 1))
     table.add_column("job", ratio=2, no_wrap=True, overflow="ellipsis", min_width=8)
     table.add_column("state", no_wrap=True)
@@ -191,7 +252,7 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int = 100, limit: int =
         table.add_column("speed", justify="right", no_wrap=True)
         table.add_column("ETA", justify="right", no_wrap=True)
     table.add_column("source / note", ratio=3, no_wrap=True, overflow="ellipsis")
-    for job in ranked[:limit]:
+    for job in ranked:
         state = str(job.get("state") or "?")
         speed = job.get("speed")
         cells: list[RenderableType] = [
@@ -204,8 +265,8 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], width: int = 100, limit: int =
             cells += [format_rate(speed) if speed else "-", format_duration(job.get("eta"))]
         cells.append(str(job.get("reason") or job.get("source") or ""))
         table.add_row(*cells)
-    if len(ranked) > limit:
-        table.add_row(f"… {len(ranked) - limit} more", *[""] * (len(table.columns) - 1))
+    if hidden:
+        table.add_row(f"… {hidden} more (--all)", *[""] * (len(table.columns) - 1))
     return table
 
 
@@ -244,9 +305,13 @@ def seeding_lines(seeding: Sequence[Mapping[str, Any]]) -> Group:
 class StatusView:
     """The whole status screen; lays itself out for the width it is rendered at."""
 
-    def __init__(self, snapshot: Mapping[str, Any], notice: Text | None = None) -> None:
-        self.snapshot = snapshot
+    def __init__(
+        self, snapshot: Mapping[str, Any], notice: Text | None = None, all_jobs: bool = False
+    ) -> None:
+        # the daemon redacts its replies; this also covers one configured differently
+        self.snapshot: Mapping[str, Any] = redact_value(dict(snapshot))
         self.notice = notice
+        self.all_jobs = all_jobs
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         snap = self.snapshot
@@ -271,16 +336,17 @@ class StatusView:
         jobs = snap.get("jobs") or []
         if jobs:
             yield Rule("jobs", style="dim", align="left")
-            yield jobs_table(jobs, width)
+            yield jobs_table(jobs, width, limit=None if self.all_jobs else MAX_JOBS)
         events = snap.get("events") or []
         if events:
             yield Rule("recent events", style="dim", align="left")
             yield events_lines(events)
 
 
-def render_status(snapshot: Mapping[str, Any]) -> RenderableType:
-    """The status snapshot as one renderable (``acquirectl status`` and ``top``)."""
-    return StatusView(snapshot)
+def render_status(snapshot: Mapping[str, Any], *, all_jobs: bool = False) -> RenderableType:
+    """The status snapshot as one renderable (``acquirectl status`` and ``top``);
+    ``all_jobs`` lists every job instead of the unfinished and the recent ones."""
+    return StatusView(snapshot, all_jobs=all_jobs)
 
 
 def render_unreachable(

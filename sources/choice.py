@@ -49,11 +49,14 @@ class MirrorEvidence:
     label: str = ""
 
     def name(self) -> str:
+        """How the mirror is named in a decision's reason."""
         return self.label or f"mirror {urlsplit(self.url).hostname or self.url}"
 
 
 @dataclass(frozen=True)
 class Evidence:
+    """What is known about one file's sources when a choice is made."""
+
     swarm: SwarmEvidence | None
     """None when the file has no torrent source."""
     mirrors: tuple[MirrorEvidence, ...] = ()
@@ -78,6 +81,8 @@ class Policy:
 
 @dataclass(frozen=True)
 class Decision:
+    """The source chosen for a file, and why, in figures."""
+
     source: SourceKind
     reason: str
     """One line with the figures, e.g. "torrent: 14 seeds, 38 MB/s; mirror A 9 MB/s;

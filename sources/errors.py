@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from acquired.common.errors import AcquiredError
+from acquired.common.errors import DiskFull as _DiskFull
 
 
 class SourceError(AcquiredError):
@@ -19,9 +20,9 @@ class SourceError(AcquiredError):
     retryable: ClassVar[bool] = False
 
 
-class DiskFull(SourceError):
-    """The filesystem ran out of space while writing (ENOSPC); the data so far is kept."""
+class DiskFull(_DiskFull, SourceError):
+    """The filesystem ran out of space while writing (ENOSPC); the data so far is kept.
 
-    code = "disk.full"
-    hint = "Free space under the data root; the transfer resumes by itself."
-    retryable = True
+    Code and hint are the shared ``disk.full`` of :mod:`acquired.common.errors`; this
+    subclass keeps it a :class:`SourceError` for the engines' own handling.
+    """

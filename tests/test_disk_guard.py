@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from support.daemon import DaemonProcess
-from support.http_server import Blob, Fault, HttpTestServer
-from test_e2e import manifest, payload
+from support.http_server import Blob, Fault, HttpTestServer, payload
+from support.manifests import manifest
 
 MiB = 1 << 20
 

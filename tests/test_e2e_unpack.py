@@ -9,6 +9,7 @@ from pathlib import Path
 
 from support.daemon import DaemonProcess
 from support.http_server import HttpTestServer
+from support.pypi import build_wheel, make_index
 
 
 def tar_gz(members: dict[str, bytes], *, evil: str | None = None) -> bytes:
@@ -128,8 +129,6 @@ def test_completed_copy_in_a_watched_folder_is_verified_and_extracted(tmp_path: 
 
 
 def test_pip_section_prefetches_wheels_from_the_best_index(tmp_path: Path) -> None:
-    from test_pip_mirror import build_wheel, make_index
-
     name, wheel = build_wheel("tinypkg", "1.0")
     root = make_index(tmp_path / "index", {"tinypkg": [(name, wheel)]})
     data = b"payload"

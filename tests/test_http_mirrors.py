@@ -12,7 +12,7 @@ from support.http_server import Blob, Fault, HttpTestServer, ServerPool, payload
 
 from acquired.daemon.commands.mirrors import mirrors_table, register
 from acquired.sources.http.probe import probe, probe_all
-from acquired.sources.http.ranking import rank
+from acquired.sources.http.ranking import Sample, rank
 
 DATA = payload(3 << 20, seed=11)
 
@@ -104,3 +104,61 @@ def test_mirrors_table_renders_unreachable(pool: ServerPool) -> None:
     assert s.url("/f") in text
     assert "unreachable" in text
     assert "connection refused" in text
+
+
+def test_etag_only_and_last_modified_only_servers_do_not_differ(
+    pool: ServerPool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    etag_only, lm_only = pool.new(), pool.new()
+    etag_only.add("/f", Blob.of(DATA, last_modified=False))
+    lm_only.add("/f", Blob.of(DATA, etag=False, mtime=1_700_000_000))
+    code = run_cli(
+        ["mirrors", "--json", "--sample", str(64 * 1024), etag_only.url("/f"), lm_only.url("/f")]
+    )
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["note"] for r in rows] == [None, None]
+    assert {r["etag"] is None for r in rows} == {True, False}
+
+
+def test_differing_last_modified_is_still_a_version_difference() -> None:
+    same = "Tue, 14 Nov 2023 22:13:20 GMT"
+    samples = [
+        Sample("http://a/f", latency=0.1, throughput=1e6, last_modified=same),
+        Sample("http://b/f", latency=0.1, throughput=1e6, etag='"x"', last_modified=same),
+        Sample(
+            "http://c/f", latency=0.1, throughput=9e6, last_modified="Mon, 01 Jan 2024 00:00:00 GMT"
+        ),
+    ]
+    ranked = rank(samples)
+    assert ranked[-1].sample.url == "http://c/f"
+    assert ranked[-1].note and "differs" in ranked[-1].note
+    assert ranked[0].note is None and ranked[1].note is None
+
+
+def test_server_without_range_support_gets_a_warning(
+    pool: ServerPool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = pool.new()
+    s.add("/f", Blob.of(DATA, accept_ranges=False))
+    s.fault("/f", Fault(no_range=True), times=None)
+    assert run_cli(["mirrors", "--sample", str(64 * 1024), s.url("/f")]) == 0
+    out = capsys.readouterr().out
+    assert "no Range support" in out
+    assert run_cli(["mirrors", "--json", "--sample", str(64 * 1024), s.url("/f")]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["ranges"] is False and "no Range support" in row["warning"]
+
+
+def test_estimate_is_for_the_size_the_mirrors_state(
+    pool: ServerPool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (s,) = pool.mirrors(1, "/f", DATA)
+    assert run_cli(["mirrors", "--sample", str(64 * 1024), s.url("/f")]) == 0
+    out = capsys.readouterr().out
+    assert "3.0 MiB" in out
+    assert "1024 MiB" not in out and "1.0 GiB" not in out
+    assert (
+        run_cli(["mirrors", "--sample", str(64 * 1024), "--size", str(1 << 30), s.url("/f")]) == 0
+    )
+    assert "1.0 GiB" in capsys.readouterr().out

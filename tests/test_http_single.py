@@ -10,8 +10,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from support.http_engine import Background, Events, download, fast_options, request_for, sha256
 from support.http_server import Blob, Fault, HttpTestServer, payload, serving
 
@@ -35,6 +37,7 @@ from acquired.sources.http import (
     UnsupportedDigest,
     UnsupportedUrl,
 )
+from acquired.sources.http.conn import make_session, shared_session
 
 SIZE = 3_000_000
 DATA = payload(SIZE)
@@ -578,3 +581,45 @@ def test_disk_full_keeps_part_and_checkpoint(
 
 def test_request_dest_part_name() -> None:
     assert FileRequest(urls=[], dest=Path("/x/a.tar")).part == Path("/x/a.tar.part")
+
+
+def _connections_opened(session: requests.Session, url: str) -> int:
+    """Connections the session's pools have opened to the host and port of ``url``."""
+    parts = urlsplit(url)
+    manager = session.get_adapter(url).poolmanager  # type: ignore[attr-defined]
+    total = 0
+    for key in manager.pools.keys():  # noqa: SIM118 - the container cannot be iterated
+        pool = manager.pools[key]
+        if (pool.host, pool.port) == (parts.hostname, parts.port):
+            total += pool.num_connections
+    return total
+
+
+def test_small_files_reuse_one_keep_alive_connection(
+    server: HttpTestServer, tmp_path: Path
+) -> None:
+    data = payload(40_000, seed=21)
+    server.add("/small", Blob.of(data))
+    url = server.url("/small")
+    session = make_session("acquired-test", 4)
+    for i in range(5):
+        download(
+            request_for(url, tmp_path / f"s{i}", data, size=len(data)),
+            fast_options(connections=8, session=session),
+        )
+    assert _connections_opened(session, url) == 1
+    # Known to be small: one plain GET each, no ranged first request.
+    assert [r.range for r in server.requests_for("/small")] == [None] * 5
+
+
+def test_downloads_share_the_process_session_by_default(
+    server: HttpTestServer, tmp_path: Path
+) -> None:
+    data = payload(30_000, seed=22)
+    server.add("/shared", Blob.of(data))
+    url = server.url("/shared")
+    shared = shared_session(fast_options().user_agent)
+    before = _connections_opened(shared, url)
+    for i in range(3):
+        download(request_for(url, tmp_path / f"t{i}", data), fast_options())
+    assert _connections_opened(shared, url) - before == 1

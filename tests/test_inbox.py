@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
-import time
 from pathlib import Path
+
+from support.deliveries import Deliveries
 
 from acquired.daemon.inbox import FolderWatcher, is_candidate
 
 
-def collect(folder: Path, recursive: bool = False) -> tuple[FolderWatcher, queue.Queue[Path]]:
-    seen: queue.Queue[Path] = queue.Queue()
-    watcher = FolderWatcher(folder, seen.put, recursive=recursive)
+def collect(folder: Path, recursive: bool = False) -> tuple[FolderWatcher, Deliveries]:
+    seen = Deliveries(folder)
+    watcher = FolderWatcher(folder, seen, recursive=recursive)
     return watcher, seen
-
-
-def drain(seen: queue.Queue[Path], wait: float) -> list[str]:
-    out = []
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        with contextlib.suppress(queue.Empty):
-            out.append(seen.get(timeout=0.05).name)
-    return out
 
 
 def test_candidates() -> None:
@@ -48,7 +38,8 @@ def test_existing_files_are_picked_up_at_start(tmp_path: Path) -> None:
     watcher, seen = collect(tmp_path)
     watcher.start()
     try:
-        assert drain(seen, 1.0) == ["old.toml"]
+        assert seen.take(1) == ["old.toml"]
+        assert seen.before_markers() == []  # neither .hidden nor old.toml again
     finally:
         watcher.stop()
 
@@ -60,9 +51,10 @@ def test_half_written_file_is_not_delivered_until_closed(tmp_path: Path) -> None
         with (tmp_path / "slow.toml").open("w") as f:
             f.write("manifest_version = 1\n")
             f.flush()
-            assert drain(seen, 1.0) == []  # still open for writing: not complete
+            assert seen.before_markers() == []  # still open for writing: not complete
             f.write('name = "x"\n')
-        assert drain(seen, 1.5) == ["slow.toml"]
+        assert seen.take(1) == ["slow.toml"]
+        assert seen.before_markers() == []  # delivered once
     finally:
         watcher.stop()
 
@@ -81,7 +73,8 @@ def test_moved_in_files_are_delivered_and_temporaries_ignored(tmp_path: Path) ->
         tmp = inbox / ".writing.tmp"
         tmp.write_text("x")
         os.replace(tmp, inbox / "renamed.toml")
-        assert sorted(drain(seen, 1.5)) == ["moved.toml", "renamed.toml"]
+        assert sorted(seen.take(2)) == ["moved.toml", "renamed.toml"]
+        assert seen.before_markers() == []  # temporaries and rejected/ ignored
     finally:
         watcher.stop()
 
@@ -94,8 +87,9 @@ def test_recursive_watch_sees_completed_downloads_in_subfolders(tmp_path: Path) 
         sub.mkdir(parents=True)
         partial = sub / "set.tar.part"
         partial.write_bytes(b"x" * 10)
-        assert drain(seen, 1.0) == []  # a partial download is not complete
+        assert seen.before_markers() == []  # a partial download is not complete
         os.replace(partial, sub / "set.tar")
-        assert drain(seen, 1.5) == ["set.tar"]
+        assert seen.take(1) == ["set.tar"]
+        assert seen.before_markers() == []  # delivered once
     finally:
         watcher.stop()

@@ -201,6 +201,7 @@ BROKEN: list[tuple[str, Mutation, str, str]] = [
     ("md5-long", setf("files", 1, "md5", value="0" * 33), "files[1].md5", "exactly 32"),
     ("sha1-wrong", setf("files", 2, "sha1", value="1" * 64), "files[2].sha1", "exactly 40"),
     ("blake2b-short", setf(*F0, "blake2b", value="a" * 64), "files[0].blake2b", "exactly 128"),
+    ("sha512-short", setf(*F0, "sha512", value="a" * 64), "files[0].sha512", "exactly 128"),
     ("digest-number", setf(*F0, "md5", value=12), "files[0].md5", "string of 32 hex digits"),
     ("sha265", setf(*F0, "sha265", value=SHA256),
      "files[0].sha265", "unknown key 'sha265' (did you mean 'sha256'?)"),
@@ -498,10 +499,27 @@ def test_digest_changes_with_content() -> None:
 def test_schema() -> None:
     schema = manifest_schema()
     assert schema["type"] == "object"
-    assert set(schema["required"]) == {"manifest_version", "name", "destination", "files"}
+    # [[files]] is required unless kind = "urllist" (then [urllist] is): see allOf.
+    assert set(schema["required"]) == {"manifest_version", "name", "destination"}
+    [rule] = schema["allOf"]
+    assert rule["then"] == {"required": ["urllist"]}
+    assert rule["else"]["required"] == ["files"]
     assert schema["additionalProperties"] is False
     assert "FileSpec" in schema["$defs"]
+    props = schema["$defs"]["FileSpec"]["properties"]
+    assert {"sha256", "sha512", "sha1", "md5", "blake2b"} <= set(props)
+    for algorithm, length in DIGEST_LENGTHS.items():
+        assert props[algorithm]["pattern"] == f"^[0-9a-fA-F]{{{length}}}$", algorithm
     json.dumps(schema)  # printable as is by `acquirectl schema`
+
+
+def test_sha512_is_accepted_like_the_others() -> None:
+    value = "Cd" * 64
+    data = base()
+    data["files"][0]["sha512"] = value
+    f = parse(data).files[0]
+    assert f.sha512 == value.lower()
+    assert f.digests["sha512"] == value.lower()
 
 
 def test_warnings() -> None:

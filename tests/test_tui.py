@@ -135,7 +135,8 @@ def text_of(renderable: Any, width: int) -> str:
 
 GOLDEN_100 = """\
 acquired 0.1.0 · pid 812 · up 1h02m · data /srv/acquired/data
-2 active · 3.1 MB/s · 1 queued · 12 done · 1 failed
+jobs 2: 1 active · 1 failed
+files: 2 active · 3.1 MB/s · 1 queued · 12 done · 1 failed
 disk 91.2 GB free (reserve 1.1 GB) · DHT 312 nodes
 transfers ──────────────────────────────────────────────────────────────────────────────────────────
 file                        progress             %          bytes     speed    ETA  source
@@ -143,15 +144,16 @@ cifar10/cifar-10-python.t…  ━━━━━━╸            41%  70.0/170.5 M
 lsun/church_outdoor_train…                                 1.6 MB  1.6 MB/s      -  torrent 14 peer…
 jobs ───────────────────────────────────────────────────────────────────────────────────────────────
 job                   state     files          bytes     speed    ETA  source / note
-imagenet-val          failed      1/2     6.4/6.7 GB         -      -  verify.digest_mismatch: sha2…
 cifar10               fetching    0/1  70.0/170.5 MB  1.5 MB/s  1m07s  http
+imagenet-val          failed      1/2     6.4/6.7 GB         -      -  verify.digest_mismatch: sha2…
 recent events ──────────────────────────────────────────────────────────────────────────────────────
 22:13:20 info    cifar10  job added from cifar10.toml
 22:14:20 error   imagenet-val/ILSVRC2012_img_val.tar  sha256 mismatch"""
 
 GOLDEN_64 = """\
 acquired 0.1.0 · pid 812 · up 1h02m · data /srv/acquired/data
-2 active · 3.1 MB/s · 1 queued · 12 done · 1 failed
+jobs 2: 1 active · 1 failed
+files: 2 active · 3.1 MB/s · 1 queued · 12 done · 1 failed
 disk 91.2 GB free (reserve 1.1 GB) · DHT 312 nodes
 transfers ──────────────────────────────────────────────────────
 file                %          bytes     speed    ETA  source
@@ -159,15 +161,16 @@ cifar10/cifar-…   41%  70.0/170.5 MB  1.5 MB/s  1m07s  http 2 m…
 lsun/church_ou…               1.6 MB  1.6 MB/s      -  torrent …
 jobs ───────────────────────────────────────────────────────────
 job           state     files          bytes  source / note
-imagenet-val  failed      1/2     6.4/6.7 GB  verify.digest_mis…
 cifar10       fetching    0/1  70.0/170.5 MB  http
+imagenet-val  failed      1/2     6.4/6.7 GB  verify.digest_mis…
 recent events ──────────────────────────────────────────────────
 22:13:20 info    cifar10  job added from cifar10.toml
 22:14:20 error   imagenet-val/ILSVRC2012_img_val.tar  sha256 mi…"""
 
 GOLDEN_EMPTY = """\
 acquired 0.1.0 · pid 7 · up 12s · data /d
-0 active · 0 B/s · 0 done · 0 failed
+jobs 0
+files: 0 active · 0 B/s · 0 done · 0 failed
 transfers ──────────────────────────────────────────────────────────────────────
 no active transfers"""
 
@@ -223,22 +226,24 @@ def test_state_and_step_shown_for_non_fetching_files() -> None:
     assert re.search(r"100%\s+100/100 B\s+-\s+-\s+unpacking 1/2 · 12 of 60000 entries$", row), row
 
 
-def test_many_jobs_are_capped() -> None:
+def _job(i: int, state: str) -> dict[str, Any]:
+    return {"id": f"job{i:02d}", "state": state, "files_total": 1, "files_done": 1}
+
+
+def test_unfinished_and_recent_jobs_first_all_with_all() -> None:
     snap = copy.deepcopy(EMPTY)
-    snap["jobs"] = [
-        {
-            "id": f"job{i:02d}",
-            "state": "done",
-            "files_total": 1,
-            "files_done": 1,
-            "bytes_total": 10,
-            "bytes_done": 10,
-        }
-        for i in range(20)
-    ]
+    # oldest first, as the daemon lists them: 18 finished, then two just added
+    snap["jobs"] = [_job(i, "failed" if i == 3 else "done") for i in range(18)]
+    snap["jobs"] += [_job(18, "queued"), _job(19, "fetching")]
     out = text_of(render_status(snap), 80)
-    assert "job11" in out and "job12" not in out
-    assert "… 8 more" in out
+    rows = [line.split()[0] for line in out.splitlines() if re.match(r"job\d\d ", line)]
+    assert rows[:4] == ["job19", "job18", "job03", "job17"], out
+    assert len(rows) == 12 and "job06" not in rows
+    assert "… 8 more (--all)" in out
+    assert "jobs 20: 1 active · 1 queued · 1 failed · 17 done" in out
+    everything = text_of(render_status(snap, all_jobs=True), 80)
+    assert all(f"job{i:02d} " in everything for i in range(20))
+    assert "more (--all)" not in everything
 
 
 def test_unreachable_keeps_the_last_picture() -> None:

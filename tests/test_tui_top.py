@@ -170,13 +170,13 @@ def test_top_on_a_pipe_prints_one_snapshot(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert lines[0].startswith(f"acquired 0.1.0 · pid {daemon.proc.pid} · up ")
-        assert "0 active · 0 B/s · 0 done · 0 failed" in lines
+        assert "files: 0 active · 0 B/s · 0 done · 0 failed" in lines
         assert "\x1b" not in out.stdout
         status = subprocess.run(
             _ctl(daemon.socket, "status"), capture_output=True, text=True, timeout=60, check=False
         )
         assert status.returncode == 0, status.stderr
-        assert "0 active · 0 B/s · 0 done · 0 failed" in status.stdout.splitlines()
+        assert "files: 0 active · 0 B/s · 0 done · 0 failed" in status.stdout.splitlines()
 
 
 def test_top_without_a_daemon_fails_with_a_hint(tmp_path: Path) -> None:

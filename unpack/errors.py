@@ -8,7 +8,47 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from acquired.common.errors import AcquiredError
+from acquired.common.errors import (
+    AcquiredError,
+    DigestMismatch,
+    InvalidDigest,
+    UnsupportedAlgorithm,
+)
+from acquired.common.errors import DiskFull as _DiskFull
+
+# verify.digest_mismatch, verify.invalid_digest and verify.unsupported_algorithm are shared
+# with the sources and raised by acquired.common.digests: their one class lives in
+# acquired.common, and the names stay importable from here.
+__all__ = [
+    "ArchiveMissing",
+    "ChecksumFileInvalid",
+    "CorruptArchive",
+    "CountMismatch",
+    "DigestMismatch",
+    "DiskFull",
+    "EncryptedArchive",
+    "ExtractCancelled",
+    "FileMissing",
+    "FormatMismatch",
+    "FrameworkCheckFailed",
+    "ImageMissing",
+    "InvalidDigest",
+    "LayoutInputInvalid",
+    "LinkEscape",
+    "MemberMissing",
+    "PathTraversal",
+    "PlacementConflict",
+    "ReservedName",
+    "SpecialFile",
+    "TargetConflict",
+    "TooLarge",
+    "TooManyEntries",
+    "UnknownDataset",
+    "UnknownFormat",
+    "UnpackError",
+    "UnsupportedAlgorithm",
+    "WriteFailed",
+]
 
 
 class UnpackError(AcquiredError):
@@ -20,32 +60,6 @@ class UnpackError(AcquiredError):
 
 
 # --- verify -----------------------------------------------------------------------------
-
-
-class DigestMismatch(UnpackError):
-    """A file's content does not match its expected digest."""
-
-    code = "verify.digest_mismatch"
-    hint = (
-        "The data is discarded and fetched again from another mirror or source if there is "
-        "one. If every source gives the same digest, the checksum in the manifest (or the "
-        "dataset's checksum file) is probably wrong."
-    )
-    retryable = True
-
-
-class UnsupportedAlgorithm(UnpackError):
-    """A digest names an algorithm the pipeline does not know."""
-
-    code = "verify.unsupported_algorithm"
-    hint = "Use one of sha256, sha1, md5, blake2b or sha512."
-
-
-class InvalidDigest(UnpackError):
-    """An expected digest is not hexadecimal of the algorithm's length."""
-
-    code = "verify.invalid_digest"
-    hint = "Copy the checksum again from the dataset's page: it must be plain hexadecimal."
 
 
 class FileMissing(UnpackError):
@@ -193,12 +207,12 @@ class ExtractCancelled(UnpackError):
     hint = "The step starts again when the file is resumed."
 
 
-class DiskFull(UnpackError):
-    """The filesystem ran out of space while extracting; the partial output was removed."""
+class DiskFull(_DiskFull, UnpackError):
+    """The filesystem ran out of space while extracting; the partial output was removed.
 
-    code = "disk.full"
-    hint = "Free space under the data root; the step starts again by itself."
-    retryable = True
+    Code and hint are the shared ``disk.full``; this subclass keeps it an
+    :class:`UnpackError` for the pipeline's own handling.
+    """
 
 
 class WriteFailed(UnpackError):

@@ -1,24 +1,30 @@
 """Digests of completed files, checksum files shipped with datasets, and matching files
 that appear in watched folders to the files a job expects.
 
-Hashing streams the file through ``hashlib`` (OpenSSL, with SHA extensions where the CPU
-has them) in large chunks read into reused buffers. ``hashlib`` releases the GIL for
-updates larger than 2 KiB, so several files can be verified by threads in parallel, and
-when several algorithms are asked for, each runs in its own thread on the same chunk while
-the next chunk is read: one pass over the data, never more.
+Algorithms, hex validation and the one-pass hasher are :mod:`acquired.common.digests`,
+shared with the sources; this module adds the unpack pipeline's errors (a missing file,
+a cancelled step) and what is built on them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from acquired.common import digests as _digests
+from acquired.common.digests import (
+    ALGORITHMS,
+    CHUNK_SIZE,
+    new_hasher,
+    normalize_algorithm,
+    normalize_digest,
+)
 
 from .errors import (
     ChecksumFileInvalid,
@@ -27,133 +33,63 @@ from .errors import (
     FileMissing,
     InvalidDigest,
     MemberMissing,
-    UnsupportedAlgorithm,
 )
+
+__all__ = [
+    "ALGORITHMS",
+    "CHUNK_SIZE",
+    "Candidate",
+    "ChecksumEntry",
+    "ChecksumReport",
+    "Progress",
+    "algorithm_from_name",
+    "hash_file",
+    "match_completed",
+    "new_hasher",
+    "normalize_algorithm",
+    "normalize_digest",
+    "parse_checksum_file",
+    "parse_checksum_text",
+    "verify",
+    "verify_checksum_file",
+]
 
 #: A progress callback: ``progress(done, total)``, called from the worker thread.
 Progress = Callable[[int, int], None]
 
-#: Algorithms accepted in digests and checksum files, with their digest length in hex
-#: digits. blake2b also accepts shorter lengths (``b2sum -l 256``), see :func:`new_hasher`.
-ALGORITHMS: dict[str, int] = {
-    "sha256": 64,
-    "sha1": 40,
-    "md5": 32,
-    "blake2b": 128,
-    "sha512": 128,
-}
-
-#: Read size: large enough that per-call overhead vanishes, small enough for the cache.
-CHUNK_SIZE = 4 << 20
-
-_HEX = re.compile(r"[0-9a-f]+")
-_ALIASES = {"sha-256": "sha256", "sha-1": "sha1", "sha-512": "sha512", "blake2": "blake2b"}
-
-
-def normalize_algorithm(name: str) -> str:
-    """The canonical name of an algorithm (``SHA-256`` -> ``sha256``); raises
-    :class:`UnsupportedAlgorithm` for anything not in :data:`ALGORITHMS`."""
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in ALGORITHMS:
-        raise UnsupportedAlgorithm(
-            f"unsupported digest algorithm {name!r}", algorithm=name, supported=list(ALGORITHMS)
-        )
-    return key
-
-
-def normalize_digest(algorithm: str, value: str) -> str:
-    """Lower-cased hex digest, checked against the algorithm's length."""
-    text = value.strip().lower()
-    if not text or not _HEX.fullmatch(text):
-        raise InvalidDigest(
-            f"{algorithm} digest {value!r} is not hexadecimal", algorithm=algorithm, value=value
-        )
-    length = ALGORITHMS[algorithm]
-    ok = len(text) == length
-    if algorithm == "blake2b":
-        # b2sum -l N: BLAKE2b with an N-bit output, N a multiple of 8 up to 512.
-        ok = len(text) % 2 == 0 and 2 <= len(text) <= length
-    if not ok:
-        raise InvalidDigest(
-            f"{algorithm} digest {value!r} has {len(text)} hex digits, expected {length}",
-            algorithm=algorithm,
-            value=value,
-        )
-    return text
-
-
-def new_hasher(algorithm: str, hexdigest_len: int | None = None) -> Any:
-    """A fresh ``hashlib`` object; blake2b gets the output size of the expected digest."""
-    if algorithm == "blake2b" and hexdigest_len and hexdigest_len != 128:
-        return hashlib.blake2b(digest_size=hexdigest_len // 2)
-    return hashlib.new(algorithm)
-
-
-def _check_cancel(cancel: threading.Event | None, path: Path) -> None:
-    if cancel is not None and cancel.is_set():
-        raise ExtractCancelled(f"verification of {path} was cancelled", path=str(path))
-
 
 def hash_file(
     path: Path,
-    algorithms: Mapping[str, int | None] | Sequence[str],
+    algorithms: Mapping[str, int | None] | Iterable[str],
     progress: Progress | None = None,
     *,
     cancel: threading.Event | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> dict[str, str]:
-    """Hex digests of ``path`` for every algorithm, in one pass over the data.
+    """Return the hex digests of ``path`` for every algorithm, in one pass over the data.
 
     ``algorithms`` is a list of names or a mapping name -> expected hex length (blake2b's
-    output size follows it). ``progress(done, total)`` gets bytes hashed.
+    output size follows it). ``progress(done, total)`` gets bytes hashed. Raises
+    :class:`FileMissing`, and :class:`ExtractCancelled` once ``cancel`` is set.
     """
-    lengths: dict[str, int | None] = (
-        dict(algorithms) if isinstance(algorithms, Mapping) else dict.fromkeys(algorithms)
-    )
-    hashers = {
-        normalize_algorithm(a): new_hasher(normalize_algorithm(a), n) for a, n in lengths.items()
-    }
+
+    def check() -> None:
+        if cancel is not None and cancel.is_set():
+            raise ExtractCancelled(f"verification of {path} was cancelled", path=str(path))
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return _digests.hash_file(path, algorithms, progress, check=check, chunk_size=chunk_size)
     except FileNotFoundError:
         raise FileMissing(f"{path} does not exist", path=str(path)) from None
-    try:
-        total = os.fstat(fd).st_size
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        size = max(1, min(chunk_size, total))
-        buffers = [bytearray(size), bytearray(size)]
-        views = [memoryview(b) for b in buffers]
-        done = 0
-        if progress is not None:
-            progress(0, total)
-        updates = list(hashers.values())
-        # Two buffers: the next chunk is read while the hashers work on the previous one.
-        pool = ThreadPoolExecutor(len(updates), thread_name_prefix="hash")
-        try:
-            pending: list[Future[None]] = []
-            turn = 0
-            while True:
-                _check_cancel(cancel, path)
-                view = views[turn]
-                n = os.readv(fd, [view])
-                for f in pending:
-                    f.result()
-                pending = []
-                if n == 0:
-                    break
-                chunk = view[:n]
-                pending = [pool.submit(h.update, chunk) for h in updates]
-                done += n
-                if progress is not None:
-                    progress(done, total)
-                turn ^= 1
-        finally:
-            pool.shutdown(wait=True)
-    finally:
-        os.close(fd)
-    return {name: h.hexdigest() for name, h in hashers.items()}
+
+
+def _expected(digests: Mapping[str, str]) -> dict[str, str]:
+    """Canonical algorithm -> lower-case hex, every digest checked."""
+    out: dict[str, str] = {}
+    for algorithm, value in digests.items():
+        name = normalize_algorithm(algorithm)
+        out[name] = normalize_digest(name, value)
+    return out
 
 
 def verify(
@@ -171,12 +107,8 @@ def verify(
     algorithms disagree), :class:`FileMissing`, :class:`UnsupportedAlgorithm`,
     :class:`InvalidDigest`, :class:`ExtractCancelled`.
     """
-    expected = {
-        normalize_algorithm(a): normalize_digest(normalize_algorithm(a), v)
-        for a, v in digests.items()
-    }
-    wanted: dict[str, int | None] = {a: len(v) for a, v in expected.items()} or {"sha256": None}
-    actual = hash_file(path, wanted, progress, cancel=cancel)
+    expected = _expected(digests)
+    actual = hash_file(path, expected, progress, cancel=cancel)
     bad = [a for a, v in expected.items() if actual[a] != v]
     if bad:
         first = bad[0]
@@ -499,10 +431,7 @@ def match_completed(
     wanted: dict[str, int | None] = {}
     normalized: list[tuple[Candidate, dict[str, str]]] = []
     for c in with_digest:
-        exp = {
-            normalize_algorithm(a): normalize_digest(normalize_algorithm(a), v)
-            for a, v in c.digests.items()
-        }
+        exp = _expected(c.digests)
         normalized.append((c, exp))
         for a, v in exp.items():
             # blake2b of two output sizes for one name: the first wins; the other

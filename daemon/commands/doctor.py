@@ -76,6 +76,7 @@ def exit_status(result: dict[str, Any]) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """Ask the daemon for its torrent diagnostics and print them."""
     from acquired.daemon.cli import call
 
     result = call(args, {"cmd": "doctor"})

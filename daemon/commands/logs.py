@@ -1,14 +1,16 @@
 """``acquirectl logs [JOB] [-f]``: the daemon's log, from the journal or the local log file.
 
-With ``--from auto`` (the default) the journal is used when ``journalctl`` exists and
-returns the daemon's entries to this user (root, or the groups ``adm`` /
-``systemd-journal``); otherwise the daemon's local log file
-(``<state_dir>/acquired.log``, readable by the group ``acquired``) is read.
+With ``--from auto`` (the default) the local log file (``<state_dir>/acquired.log``,
+readable by the group ``acquired``) of a daemon named by ``--config`` or started by hand
+(found through its record) is read; otherwise the journal is used when ``journalctl``
+exists and returns the daemon's entries to this user (root, or the groups ``adm`` /
+``systemd-journal``), and the local log file of the system service when it does not.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -32,6 +34,8 @@ DEFAULT_LINES = 100
 
 
 class LogsUnavailable(DaemonError):
+    """Neither the journal nor a local log file can be read."""
+
     code = "logs.unavailable"
     hint = (
         "Read the journal as root or as a member of systemd-journal (journalctl -u acquired), "
@@ -94,27 +98,49 @@ def journal_entries(job: str | None, lines: int | None, follow: bool) -> Iterato
         proc.wait()
 
 
+def own_log_file(args: argparse.Namespace) -> Path | None:
+    """The local log of the daemon this invocation names or finds (``--file``,
+    ``--config``, the record of a daemon started by hand), if it exists."""
+    if getattr(args, "file", None):
+        return Path(args.file)
+    from acquired.daemon.config import Config
+    from acquired.daemon.control import DaemonNotRunning
+    from acquired.daemon.discovery import find_daemon, read_records
+
+    found: list[Path] = []
+    if getattr(args, "config", None) is not None:
+        with contextlib.suppress(DaemonError):
+            found.append(Config.load(Path(args.config)).state_dir / LOG_FILE_NAME)
+    with contextlib.suppress(DaemonNotRunning, DaemonError):
+        daemon = find_daemon(getattr(args, "socket", None), getattr(args, "config", None))
+        if daemon.log_file is not None:
+            found.append(daemon.log_file)
+        for record in read_records():
+            if record.get("socket") == str(daemon.socket) and record.get("log_file"):
+                found.append(Path(record["log_file"]))
+    return next((p for p in found if p.exists()), None)
+
+
 def log_file_candidates(args: argparse.Namespace) -> list[Path]:
-    """Where the daemon this invocation talks to keeps its local log."""
+    """Where the daemon this invocation talks to keeps its local log: its own first,
+    then every other place acquirectl looks for a daemon."""
+    own = own_log_file(args)
     if getattr(args, "file", None):
         return [Path(args.file)]
-    from acquired.daemon.cli import SYSTEM_CONFIG
     from acquired.daemon.config import Config
+    from acquired.daemon.discovery import SYSTEM_CONFIG, candidates
 
-    configs: list[Path | None] = []
-    if getattr(args, "config", None) is not None:
-        configs.append(Path(args.config))
-    else:
-        configs.append(None)
-        if SYSTEM_CONFIG.is_file():
-            configs.append(SYSTEM_CONFIG)
-    found = []
-    for config in configs:
-        try:
-            found.append(Config.load(config).state_dir / LOG_FILE_NAME)
-        except DaemonError:
-            continue
-    return found
+    found: list[Path] = [own] if own is not None else []
+    with contextlib.suppress(DaemonError):
+        places, _ = candidates(getattr(args, "socket", None), getattr(args, "config", None))
+        found += [p.log_file for p in places if p.log_file is not None]
+        if getattr(args, "socket", None) is not None or getattr(args, "config", None):
+            places, _ = candidates(None, None)
+            found += [p.log_file for p in places if p.log_file is not None]
+    if SYSTEM_CONFIG.is_file():
+        with contextlib.suppress(DaemonError):
+            found.append(Config.load(SYSTEM_CONFIG).state_dir / LOG_FILE_NAME)
+    return list(dict.fromkeys(found))
 
 
 def file_entries(
@@ -137,30 +163,53 @@ def write_entries(entries: Iterable[dict[str, Any]], out: TextIO, as_json: bool)
     return n
 
 
+class NoSuchJobInLog(DaemonError):
+    """``logs JOB`` for a job the log has never mentioned."""
+
+    code = "logs.unknown_job"
+    hint = "`acquirectl status --all` lists the jobs."
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     """Show (``-f``: follow) the daemon's log lines, of one job if JOB is given."""
     lines = None if args.lines == 0 else args.lines
     source = args.source
     if source == "auto":
-        source = "file" if args.file else ("journal" if journal_available() else "file")
+        # the daemon named or found here (by hand, --config) has its own log; the journal
+        # is for the system service
+        mine = own_log_file(args)
+        source = "file" if mine is not None else ("journal" if journal_available() else "file")
     try:
         if source == "journal":
             if shutil.which("journalctl") is None:
                 raise LogsUnavailable("journalctl is not installed on this machine")
-            write_entries(journal_entries(args.job, lines, args.follow), sys.stdout, args.json)
-            return 0
-        candidates = log_file_candidates(args)
-        path = next((p for p in candidates if p.exists()), None)
-        if path is None:
-            where = ", ".join(str(p) for p in candidates) or "no configuration"
-            raise LogsUnavailable(
-                f"the journal has no entries of acquired for this user, and there is no "
-                f"local log file ({where})",
-                candidates=[str(p) for p in candidates],
-            )
-        if not args.json and sys.stderr.isatty():
-            print(f"(from {path})", file=sys.stderr)
-        write_entries(file_entries(path, args.job, lines, args.follow), sys.stdout, args.json)
+            if not journal_available():
+                raise LogsUnavailable(
+                    "the journal has no entries of acquired that this user can read "
+                    "(the daemon is not running under systemd here, or the journal is "
+                    "not readable by this user)"
+                )
+            entries: Iterable[dict[str, Any]] = journal_entries(args.job, lines, args.follow)
+        else:
+            candidates = log_file_candidates(args)
+            path = next((p for p in candidates if p.exists()), None)
+            if path is None:
+                where = ", ".join(str(p) for p in candidates) or "no configuration"
+                raise LogsUnavailable(
+                    f"the journal has no entries of acquired for this user, and there is "
+                    f"no local log file ({where})",
+                    candidates=[str(p) for p in candidates],
+                )
+            if not args.json and sys.stderr.isatty():
+                print(f"(from {path})", file=sys.stderr)
+            if args.job is not None and not _job_in_log(path, args.job):
+                raise NoSuchJobInLog(
+                    f"no job named '{args.job}' in the log {path}", job=args.job, path=str(path)
+                )
+            entries = file_entries(path, args.job, lines, args.follow)
+        written = write_entries(entries, sys.stdout, args.json)
+        if written == 0 and args.job is not None and not args.follow and source == "journal":
+            raise NoSuchJobInLog(f"no job named '{args.job}' in the journal", job=args.job)
     except KeyboardInterrupt:
         return 0
     except PermissionError as exc:
@@ -168,6 +217,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
             f"cannot read {exc.filename}: permission denied", path=str(exc.filename)
         ) from None
     return 0
+
+
+def _job_in_log(path: Path, job: str) -> bool:
+    """Whether any entry of the local log (or its rotated files) is of ``job``."""
+    return bool(read_log_file(path, job=job, lines=1))
 
 
 def register(subparsers: Any) -> None:

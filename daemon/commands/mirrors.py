@@ -2,9 +2,10 @@
 them from this machine. These commands talk to the network directly, not to the daemon.
 
 ``mirrors`` reads the first MiB of each URL with a range request and ranks the mirrors
-by the time to fetch a file of ``--size`` bytes (latency plus size over throughput).
-A mirror whose size or version (ETag / Last-Modified) differs from the others is listed
-last with a note.
+by the time to fetch the file (latency plus size over throughput; the size the mirrors
+state, or ``--size`` bytes). A mirror whose size or version differs from the others is
+listed last with a note (ETags are compared when both servers send one, else
+Last-Modified dates); a mirror without Range support gets a warning.
 
 ``pip-mirror`` ranks the index pip uses now (from PIP_INDEX_URL, pip's configuration or
 pip's built-in default) and a list of public PyPI mirrors (the shipped defaults,
@@ -35,7 +36,9 @@ from acquired.sources.http.pip_mirrors import (
     write_pip_config,
 )
 from acquired.sources.http.probe import probe_all
-from acquired.sources.http.ranking import Ranked, rank
+from acquired.sources.http.ranking import Ranked, known_size, rank
+
+DEFAULT_SIZE = 1 << 30
 
 
 def _rate(value: float | None) -> str:
@@ -61,9 +64,29 @@ def _seconds(value: float | None) -> str:
 
 
 # -- mirrors ---------------------------------------------------------------------------------
-def mirrors_table(ranked: list[Ranked], size: int) -> Table:
+NO_RANGES = "no Range support: the daemon fetches from it over one connection only"
+
+
+def _size(value: int) -> str:
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024:
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"
+
+
+def _notes(r: Ranked) -> str:
+    notes = [r.note] if r.note else []
+    if r.sample.reachable and r.sample.ranges is False:
+        notes.append(NO_RANGES)
+    return "; ".join(notes)
+
+
+def mirrors_table(ranked: list[Ranked], size: int, *, size_known: bool = False) -> Table:
     """The ranking as a rich table (pure: tests render it)."""
-    table = Table(title=f"Mirrors ranked by estimated time for {size / (1 << 20):.0f} MiB")
+    what = "the file" if size_known else "a file"
+    table = Table(title=f"Mirrors ranked by estimated time for {what} of {_size(size)}")
     for name in ("#", "mirror", "latency", "throughput", "estimate", "size", "note"):
         table.add_column(name, overflow="fold")
     for r in ranked:
@@ -75,12 +98,22 @@ def mirrors_table(ranked: list[Ranked], size: int) -> Table:
             _rate(s.throughput),
             _seconds(r.seconds) if s.reachable else "unreachable",
             "-" if s.size is None else str(s.size),
-            r.note or ("no range support" if s.ranges is False else ""),
+            _notes(r),
         )
     return table
 
 
+def range_warnings(ranked: list[Ranked]) -> list[str]:
+    """One line per reachable mirror that answered a range request with the whole file."""
+    return [
+        f"warning: {r.sample.url} has {NO_RANGES}"
+        for r in ranked
+        if r.sample.reachable and r.sample.ranges is False
+    ]
+
+
 def ranked_as_json(ranked: list[Ranked]) -> list[dict[str, Any]]:
+    """The ranking as JSON-able rows."""
     return [
         {
             "rank": r.rank,
@@ -91,8 +124,11 @@ def ranked_as_json(ranked: list[Ranked]) -> list[dict[str, Any]]:
             "estimate": r.seconds,
             "size": r.sample.size,
             "validator": r.sample.validator,
+            "etag": r.sample.etag,
+            "last_modified": r.sample.last_modified,
             "ranges": r.sample.ranges,
             "note": r.note,
+            "warning": NO_RANGES if r.sample.reachable and r.sample.ranges is False else None,
             "error": r.sample.error,
         }
         for r in ranked
@@ -100,12 +136,19 @@ def ranked_as_json(ranked: list[Ranked]) -> list[dict[str, Any]]:
 
 
 def cmd_mirrors(args: argparse.Namespace) -> int:
+    """Probe the mirrors, rank them by the estimate for the file's size, print."""
     samples = probe_all(args.urls, sample_bytes=args.sample, timeout=args.timeout)
-    ranked = rank(samples, size=args.size)
+    known = known_size(samples)
+    size = args.size if args.size is not None else (known if known is not None else DEFAULT_SIZE)
+    ranked = rank(samples, size=size)
     if args.json:
         print(json.dumps(ranked_as_json(ranked), indent=2))
     else:
-        Console().print(mirrors_table(ranked, args.size))
+        console = Console()
+        stated = args.size is None and known is not None
+        console.print(mirrors_table(ranked, size, size_known=stated))
+        for line in range_warnings(ranked):
+            console.print(line)
     return 0 if any(r.sample.reachable for r in ranked) else 1
 
 
@@ -137,6 +180,7 @@ def _best(ranking: Ranking) -> IndexResult | None:
 
 
 def cmd_pip_mirror(args: argparse.Namespace) -> int:
+    """Rank the package indexes; optionally write the fastest into pip's configuration."""
     pip = pip_command(args.pip)
     candidates = mirror_list(
         args.mirror or (),
@@ -204,8 +248,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--size",
         type=int,
-        default=1 << 30,
-        help="rank by the time to fetch this many bytes (default 1 GiB)",
+        default=None,
+        help="rank by the time to fetch this many bytes (default: the size the mirrors "
+        "state, else 1 GiB)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per mirror")
     p.set_defaults(func=cmd_mirrors)

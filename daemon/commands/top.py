@@ -48,6 +48,7 @@ def run_live(
     interval: float = DEFAULT_INTERVAL,
     screen: bool = True,
     stop: Callable[[], bool] = lambda: False,
+    all_jobs: bool = False,
 ) -> None:
     """Redraw until ``stop()`` (or Ctrl-C, which the caller handles)."""
     last: dict[str, Any] | None = None
@@ -66,7 +67,7 @@ def run_live(
             try:
                 last = fetch()
                 down_since = None
-                view: Any = StatusView(last, notice=None)
+                view: Any = StatusView(last, notice=None, all_jobs=all_jobs)
             except Exception as exc:
                 # any failure to get a snapshot (refused, gone, timed out, garbled) means
                 # "not reachable"; the loop keeps trying
@@ -85,10 +86,17 @@ def cmd_top(args: argparse.Namespace) -> int:
     console = Console()
     fetch = status_fetcher(socket)
     if not console.is_terminal or args.once:
-        console.print(render_status(fetch()))
+        console.print(render_status(fetch(), all_jobs=args.all))
         return 0
     with contextlib.suppress(KeyboardInterrupt):
-        run_live(console, fetch, str(socket), interval=args.interval, screen=not args.no_screen)
+        run_live(
+            console,
+            fetch,
+            str(socket),
+            interval=args.interval,
+            screen=not args.no_screen,
+            all_jobs=args.all,
+        )
     return 0
 
 
@@ -107,6 +115,7 @@ def register(subparsers: Any) -> None:
         help=f"seconds between redraws (default {DEFAULT_INTERVAL})",
     )
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--all", action="store_true", help="every job (default: active and recent)")
     p.add_argument(
         "--no-screen",
         action="store_true",

@@ -10,10 +10,12 @@ down from any thread (cancel, stall detection, work stealing).
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -40,6 +42,7 @@ class Transfer:
         self.if_range: str | None = None
 
     def attach(self, conn: HTTPConnection) -> None:
+        """Remember the connection a request runs on, closing it at once if already aborted."""
         with self._lock:
             self._conn = conn
             if self.abort_reason is not None:
@@ -57,6 +60,7 @@ class Transfer:
 
     @property
     def aborted(self) -> bool:
+        """True once the request was asked to stop."""
         return self.abort_reason is not None
 
 
@@ -129,16 +133,70 @@ class _TrackingAdapter(HTTPAdapter):
         return manager
 
 
+class _Session(requests.Session):
+    """A session that reads the proxy and CA environment once per origin: requests
+    otherwise looks it up on every request (a noticeable share of a small file's cost).
+    Changes to the environment after the first request to an origin are not seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._env_cache: dict[tuple[Any, ...], Any] = {}
+        self._env_lock = threading.Lock()
+
+    def merge_environment_settings(self, url: Any, proxies: Any, *args: Any) -> Any:
+        """The environment's settings for ``url``, cached per origin."""
+        if proxies:
+            return super().merge_environment_settings(url, proxies, *args)
+        parts = urlsplit(str(url))
+        key = (parts.scheme, parts.netloc, *map(repr, args))
+        with self._env_lock:
+            cached: Any = self._env_cache.get(key)
+        if cached is None:
+            cached = super().merge_environment_settings(url, proxies, *args)
+            with self._env_lock:
+                self._env_cache[key] = cached
+        return {**cached, "proxies": dict(cached["proxies"] or {})}
+
+
 def make_session(user_agent: str, pool_size: int = 16) -> requests.Session:
     """A session whose connections register with the current ``Transfer``; no retries of
     its own (the engine decides), identity encoding (bytes are stored as served)."""
-    session = requests.Session()
-    adapter = _TrackingAdapter(pool_connections=16, pool_maxsize=max(1, pool_size), max_retries=0)
+    session = _Session()
+    adapter = _TrackingAdapter(pool_connections=64, pool_maxsize=max(1, pool_size), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = user_agent
     session.headers["Accept-Encoding"] = "identity"
     return session
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Keeps no cookie: a session shared by every download must not carry one mirror's
+    cookies into another job's requests."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+_shared: dict[str, requests.Session] = {}
+_shared_lock = threading.Lock()
+
+SHARED_POOL_SIZE = 256
+"""Idle keep-alive connections the shared session keeps per host (enough for a daemon's
+concurrent downloads of small files from one server)."""
+
+
+def shared_session(user_agent: str) -> requests.Session:
+    """The process's one session for ``user_agent``: every download reuses its
+    keep-alive connections instead of opening new ones per file. It keeps no cookies.
+    Never close it."""
+    with _shared_lock:
+        session = _shared.get(user_agent)
+        if session is None:
+            session = make_session(user_agent, SHARED_POOL_SIZE)
+            session.cookies.set_policy(_NoCookies())
+            _shared[user_agent] = session
+        return session
 
 
 class BodyReader:
@@ -190,6 +248,7 @@ class BodyReader:
         response.close()
 
     def readinto(self, view: memoryview) -> int:
+        """Read body bytes into ``view``; 0 at the end of the body."""
         if self._direct is not None:
             if self._remaining <= 0:
                 return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from acquired.common.errors import DigestMismatch as _DigestMismatch
+from acquired.common.errors import UnsupportedAlgorithm
 from acquired.sources.errors import DiskFull, SourceError
 
 __all__ = [
@@ -148,19 +150,17 @@ class RangesUnsupported(HttpError):
     hint = "Nothing to do: the file is fetched over one connection, or from other mirrors."
 
 
-class UnsupportedDigest(HttpError):
-    """The request names a digest algorithm hashlib does not know."""
-
-    code = "verify.unsupported_algorithm"
-    hint = "Use sha256, sha512, sha1, md5 or blake2b in the manifest."
+#: The request names a digest algorithm outside :data:`acquired.common.digests.ALGORITHMS`
+#: (the shared ``verify.unsupported_algorithm``, raised by the common hasher).
+UnsupportedDigest = UnsupportedAlgorithm
 
 
-class DigestMismatch(HttpError):
-    """The downloaded bytes do not have the expected digest; they were discarded."""
+class DigestMismatch(_DigestMismatch, HttpError):
+    """The downloaded bytes do not have the expected digest; they were discarded.
 
-    code = "verify.digest_mismatch"
-    hint = "The data was discarded; the file is fetched again from another mirror or source."
-    retryable = True
+    Code and hint are the shared ``verify.digest_mismatch``; this subclass keeps it an
+    :class:`HttpError` for the engine's mirror bookkeeping.
+    """
 
 
 class AllMirrorsFailed(HttpError):

@@ -20,6 +20,7 @@ class HostSlots:
 
     @property
     def cap(self) -> int:
+        """Connections allowed per host."""
         return self._cap
 
     def set_cap(self, cap: int) -> None:
@@ -29,10 +30,12 @@ class HostSlots:
             self._cond.notify_all()
 
     def used(self, host: str) -> int:
+        """Connections open to ``host`` now."""
         with self._cond:
             return self._used.get(host, 0)
 
     def full(self, host: str) -> bool:
+        """Whether ``host`` has no free slot."""
         with self._cond:
             return self._used.get(host, 0) >= self._cap
 
@@ -55,6 +58,7 @@ class HostSlots:
             return True
 
     def release(self, host: str) -> None:
+        """Give back a slot taken for ``host`` and wake the waiters."""
         with self._cond:
             left = self._used.get(host, 0) - 1
             if left > 0:

@@ -7,6 +7,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from acquired.sources.http.hostslots import HostSlots
 from acquired.sources.http.ratelimit import RateLimiter
 
@@ -55,6 +57,12 @@ class HttpOptions:
     """Connections per host shared with the process's other downloads (its cap applies
     on top of ``per_host_connections``)."""
     user_agent: str = USER_AGENT
+    session: requests.Session | None = None
+    """The session requests go through. None: the process's shared session for
+    ``user_agent`` (``conn.shared_session``), so downloads reuse each other's keep-alive
+    connections; it keeps no cookies. A session given here is not closed by the engine;
+    make it with ``conn.make_session`` so cancel and stall detection can abort its
+    requests."""
     chunk_size: int = 1 << 20
     """Bytes per read; large reads avoid per-call overhead on fast links."""
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
-from collections.abc import Iterable
 from pathlib import Path
 
 from acquired.common import safepath
+
+# The hasher and the algorithm names are the shared ones; imported here for the engine.
+from acquired.common.digests import Hasher
+from acquired.common.digests import normalize_algorithm as normalise_algorithm
 from acquired.sources.errors import DiskFull
-from acquired.sources.http.errors import UnsupportedDigest
+
+__all__ = ["Hasher", "PartFile", "normalise_algorithm"]
 
 
 class PartFile:
@@ -52,6 +55,7 @@ class PartFile:
         return os.fstat(self.fd).st_size
 
     def pwrite(self, data: memoryview | bytes, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (short writes are continued)."""
         view = memoryview(data)
         while view:
             try:
@@ -62,6 +66,7 @@ class PartFile:
             offset += n
 
     def truncate(self, size: int) -> None:
+        """Cut or extend the file to ``size`` bytes."""
         try:
             os.ftruncate(self.fd, size)
         except OSError as exc:
@@ -203,48 +208,3 @@ def drop_empty_part(root: Path, dest: Path) -> None:
 def _same_file(a: int, b: int) -> bool:
     sa, sb = os.fstat(a), os.fstat(b)
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def normalise_algorithm(name: str) -> str:
-    """``"SHA-256"`` -> ``"sha256"``; raises UnsupportedDigest for what hashlib lacks."""
-    norm = name.strip().lower().replace("-", "").replace("_", "")
-    aliases = {"blake2b512": "blake2b", "blake2s256": "blake2s", "sha3256": "sha3_256"}
-    norm = aliases.get(norm, norm)
-    if norm.startswith("sha3") and "_" not in norm and len(norm) > 4:
-        norm = "sha3_" + norm[4:]
-    if norm not in hashlib.algorithms_available:
-        raise UnsupportedDigest(
-            f"unsupported digest algorithm {name!r}",
-            algorithm=name,
-            supported=sorted(hashlib.algorithms_guaranteed),
-        )
-    return norm
-
-
-class Hasher:
-    """Several digests of one byte stream, fed in order."""
-
-    def __init__(self, algorithms: Iterable[str]) -> None:
-        self.algorithms = sorted({normalise_algorithm(a) for a in algorithms} or {"sha256"})
-        self._hashes = {a: hashlib.new(a) for a in self.algorithms}
-        self.length = 0
-
-    def update(self, data: memoryview | bytes) -> None:
-        for h in self._hashes.values():
-            h.update(data)
-        self.length += len(data)
-
-    def update_from_file(self, fd: int, start: int, end: int, chunk: int = 1 << 20) -> None:
-        """Feed bytes ``[start, end)`` of an open file (resume: the prefix already on disk)."""
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        pos = start
-        while pos < end:
-            n = os.preadv(fd, [view[: min(chunk, end - pos)]], pos)
-            if n <= 0:
-                raise OSError(errno.EIO, f"short read at offset {pos} while hashing")
-            self.update(view[:n])
-            pos += n
-
-    def hexdigests(self) -> dict[str, str]:
-        return {a: h.hexdigest() for a, h in self._hashes.items()}

@@ -55,23 +55,31 @@ class PipError(SourceError):
 
 
 class PipNotFound(PipError):
+    """No pip to run for the chosen Python."""
+
     code = "pip.not_found"
     hint = "Install pip for this Python (python3 -m ensurepip) or pass --pip."
 
 
 class NoReachableIndex(PipError):
+    """No package index answered."""
+
     code = "pip.no_index"
     hint = "None of the package indexes answered; check the network or list an index_url."
     retryable = True
 
 
 class PipDownloadFailed(PipError):
+    """``pip download`` failed for the requirements."""
+
     code = "pip.download_failed"
     hint = "Check the requirement names and versions; pip's output is in the details."
     retryable = True
 
 
 class PipConfigWriteFailed(PipError):
+    """pip's configuration file could not be written."""
+
     code = "pip.config_write_failed"
     hint = "Writing the global configuration needs root; use --write user or a path."
 
@@ -194,9 +202,11 @@ class IndexResult:
 
     @property
     def reachable(self) -> bool:
+        """Whether the index answered the probe."""
         return self.error is None
 
     def as_dict(self) -> dict[str, object]:
+        """The result as a JSON-able dict, as ``acquirectl pip-mirror --json`` prints it."""
         return {
             "rank": self.rank,
             "url": self.url,
@@ -325,6 +335,7 @@ class Ranking:
 
     @property
     def best(self) -> IndexResult | None:
+        """The fastest reachable index, if any."""
         return self.results[0] if self.results and self.results[0].reachable else None
 
 

@@ -39,6 +39,7 @@ class Segment:
 
     @property
     def remaining(self) -> int:
+        """Bytes of this segment still to be fetched."""
         return max(0, self.end - self.pos)
 
 
@@ -222,6 +223,7 @@ class Plan:
                 self._todo = merge_ranges([*self._todo, (seg.pos, seg.end)])
 
     def set_rate(self, seg: Segment, rate: float) -> None:
+        """Record the measured speed of a segment's connection, used to split work."""
         seg.rate = rate
 
     # -- views ---------------------------------------------------------------------------
@@ -231,6 +233,7 @@ class Plan:
             return merge_ranges([*self._done, *((s.start, s.pos) for s in self._active.values())])
 
     def written_bytes(self) -> int:
+        """Bytes written so far: finished ranges plus the progress of active segments."""
         with self._lock:
             return sum(e - s for s, e in self._done) + sum(
                 s.pos - s.start for s in self._active.values()
@@ -241,15 +244,18 @@ class Plan:
         return contiguous_prefix(self.written())
 
     def active(self) -> list[Segment]:
+        """The segments being fetched now."""
         with self._lock:
             return list(self._active.values())
 
     def todo(self) -> list[Range]:
+        """The ranges nobody fetches yet."""
         with self._lock:
             return list(self._todo)
 
     @property
     def complete(self) -> bool:
+        """True when every byte of the file is written."""
         with self._lock:
             return not self._todo and not self._active and self._covered()
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from acquired.sources.http.model import USER_AGENT
+from acquired.sources.http.neterrors import network_cause
 from acquired.sources.http.protocol import check_url, parse_content_range
 from acquired.sources.http.ranking import Sample
 
@@ -53,7 +54,9 @@ def probe(
                 size = cr.total if cr else None
             elif (length := r.headers.get("Content-Length", "")).isdigit():
                 size = int(length)
-            validator = r.headers.get("ETag") or r.headers.get("Last-Modified")
+            etag = r.headers.get("ETag") or None
+            last_modified = r.headers.get("Last-Modified") or None
+            ranges = r.status_code == 206
             first_at: float | None = None
             first_len = 0
             got = 0
@@ -73,7 +76,16 @@ def probe(
             sess.close()
     if first_at is None:
         latency = ended - started
-        return Sample(url, latency=latency, throughput=None, size=size, validator=validator)
+        return Sample(
+            url,
+            latency=latency,
+            throughput=None,
+            size=size,
+            validator=etag or last_modified,
+            ranges=ranges,
+            etag=etag,
+            last_modified=last_modified,
+        )
     latency = first_at - started
     rest, span = got - first_len, ended - first_at
     # The first read carries the latency; the speed is that of the rest, when there is any.
@@ -83,8 +95,10 @@ def probe(
         latency=latency,
         throughput=throughput,
         size=size,
-        validator=validator,
-        ranges=r.status_code == 206,
+        validator=etag or last_modified,
+        ranges=ranges,
+        etag=etag,
+        last_modified=last_modified,
     )
 
 
@@ -102,12 +116,5 @@ def _reason(exc: BaseException) -> str:
         return "connect timed out"
     if isinstance(exc, requests.ReadTimeout):
         return "read timed out"
-    if isinstance(exc, requests.ConnectionError):
-        text = str(exc)
-        for marker in ("Connection refused", "Name or service not known", "No route to host"):
-            if marker in text:
-                return marker.lower()
-        if "NameResolution" in text or "getaddrinfo" in text:
-            return "host name not resolved"
-        return "connection failed"
-    return f"{type(exc).__name__}: {exc}"
+    kind, words = network_cause(exc)
+    return words if kind != "other" else f"{type(exc).__name__}: {exc}"

@@ -55,11 +55,13 @@ class Validator:
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> Validator:
+        """The validator a response's headers carry."""
         etag = headers.get("ETag") or None
         return cls(etag=etag, last_modified=headers.get("Last-Modified") or None)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any] | None) -> Validator:
+        """The validator recorded in a checkpoint (empty when none was)."""
         if not state:
             return cls()
         etag = state.get("etag")
@@ -70,10 +72,12 @@ class Validator:
         )
 
     def as_state(self) -> dict[str, str | None]:
+        """The validator as a checkpoint records it."""
         return {"etag": self.etag, "last_modified": self.last_modified}
 
     @property
     def strong_etag(self) -> str | None:
+        """The ETag when it is a strong one (usable in If-Range), else None."""
         if self.etag and not self.etag.startswith("W/"):
             return self.etag
         return None
@@ -87,6 +91,7 @@ class Validator:
         return self.strong_etag or self.last_modified
 
     def describe(self) -> str | None:
+        """The validator as shown to people: the ETag, else the Last-Modified date."""
         return self.etag or self.last_modified
 
     def conflicts(self, other: Validator) -> str | None:
@@ -109,6 +114,8 @@ def _opaque(etag: str) -> str:
 
 @dataclass(frozen=True)
 class ContentRange:
+    """A parsed ``Content-Range: bytes first-last/total`` header."""
+
     first: int
     last: int  # inclusive
     total: int | None  # None for "*"

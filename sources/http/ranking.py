@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from acquired.sources.http.protocol import Validator
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -17,11 +19,24 @@ class Sample:
     throughput: float | None = None  # bytes/s of the body
     error: str | None = None  # why it could not be measured (unreachable, 404, ...)
     size: int | None = None
-    validator: str | None = None
+    validator: str | None = None  # the ETag, else Last-Modified (for display)
     ranges: bool | None = None  # whether it answered a range request with 206
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @property
+    def version(self) -> Validator:
+        """What identifies the version it serves (from ``validator`` alone when the
+        sample does not say which header it came from)."""
+        if self.etag or self.last_modified:
+            return Validator(etag=self.etag, last_modified=self.last_modified)
+        if self.validator and (self.validator.startswith(('"', "W/"))):
+            return Validator(etag=self.validator)
+        return Validator(last_modified=self.validator)
 
     @property
     def reachable(self) -> bool:
+        """Whether the mirror answered the probe."""
         return self.error is None
 
 
@@ -47,18 +62,24 @@ def estimated_seconds(sample: Sample, size: int) -> float | None:
 
 def rank(samples: Iterable[Sample], size: int = 8 << 20) -> list[Ranked]:
     """Reachable mirrors fastest first by ``estimated_seconds`` (latency breaks ties),
-    then the unreachable ones in the given order. A mirror whose size or validator
-    disagrees with the majority of the reachable ones is ranked after them with a note."""
+    then the unreachable ones in the given order. A mirror whose size or version
+    disagrees with the majority of the reachable ones is ranked after them with a note.
+
+    Versions are compared as the engine compares them: ETags when both sides have one,
+    else Last-Modified dates when both have one; a server that sends only an ETag never
+    disagrees with one that sends only a Last-Modified."""
     samples = list(samples)
     reachable = [s for s in samples if s.reachable]
     majority_size = _majority(s.size for s in reachable if s.size is not None)
-    majority_validator = _majority(s.validator for s in reachable if s.validator)
+    reference = _reference_version(reachable)
 
     def odd(s: Sample) -> str | None:
         if majority_size is not None and s.size is not None and s.size != majority_size:
             return f"size {s.size} differs from the others ({majority_size})"
-        if majority_validator and s.validator and s.validator != majority_validator:
-            return f"version {s.validator} differs from the others ({majority_validator})"
+        if reference is not None and reference.conflicts(s.version):
+            return (
+                f"version {s.version.describe()} differs from the others ({reference.describe()})"
+            )
         return None
 
     def key(s: Sample) -> tuple[bool, float, float]:
@@ -78,6 +99,21 @@ def rank(samples: Iterable[Sample], size: int = 8 << 20) -> list[Ranked]:
         if not s.reachable:
             out.append(Ranked(rank=len(out) + 1, sample=s, seconds=None, note=s.error))
     return out
+
+
+def _reference_version(samples: list[Sample]) -> Validator | None:
+    """The version most mirrors agree with: the one that conflicts with the fewest
+    others (the earliest on a tie); None when no mirror names one."""
+    named = [s.version for s in samples if s.version]
+    if not named:
+        return None
+    return min(named, key=lambda v: sum(1 for o in named if v.conflicts(o)))
+
+
+def known_size(samples: Iterable[Sample]) -> int | None:
+    """The size most reachable mirrors state, if any states one."""
+    found = _majority(s.size for s in samples if s.reachable and s.size is not None)
+    return found if isinstance(found, int) else None
 
 
 def _majority(values: Iterable[object]) -> object | None:

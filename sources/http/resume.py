@@ -38,6 +38,7 @@ class ResumePoint:
 
     @property
     def done_bytes(self) -> int:
+        """Bytes already on disk, over every done range."""
         return sum(end - start for start, end in self.done)
 
 

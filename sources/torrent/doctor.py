@@ -20,6 +20,8 @@ NAT_GRACE = 300.0
 
 @dataclass(frozen=True)
 class Socket:
+    """A socket the session listens on."""
+
     address: str
     port: int
     transport: str
@@ -28,6 +30,8 @@ class Socket:
 
 @dataclass(frozen=True)
 class SocketFailure:
+    """A socket the session could not open, and who holds the port."""
+
     address: str
     port: int
     transport: str
@@ -37,6 +41,8 @@ class SocketFailure:
 
 @dataclass(frozen=True)
 class TrackerFact:
+    """The last announce to one tracker of one torrent."""
+
     key: str
     url: str
     ok: bool
@@ -77,6 +83,7 @@ class SessionFacts:
 
 
 def dht_ready(facts: SessionFacts) -> bool:
+    """Whether the DHT is on and knows at least one node."""
     return facts.dht and facts.dht_nodes > 0
 
 
@@ -336,3 +343,28 @@ def port_holder(port: int, transport: str) -> str | None:
         except OSError:
             continue
     return None
+
+
+def session_status(f: SessionFacts) -> dict[str, object]:
+    """Session facts as JSON-able values (what ``acquirectl doctor`` shows as facts)."""
+    return {
+        "uptime": round(f.uptime, 1),
+        "listen_port": f.listen_port,
+        "listening": [f"{s.transport} {s.address}:{s.port}" for s in f.listening],
+        "listen_failures": [
+            f"{s.transport} {s.address}:{s.port}: {s.error}"
+            + (f" (held by {s.holder})" if s.holder else "")
+            for s in f.listen_failures
+        ],
+        "upnp": f.upnp,
+        "natpmp": f.natpmp,
+        "dht": f.dht,
+        "dht_nodes": f.dht_nodes,
+        "dht_ready": dht_ready(f),
+        "dht_history": [[round(t, 1), n] for t, n in f.dht_history[-20:]],
+        "dht_bootstrap_answered": f.dht_bootstrap_answered,
+        "incoming_connections": f.incoming_connections,
+        "peers_seen": f.peers_seen,
+        "external_address": f.external_address,
+        "torrents": f.torrents,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from acquired.common.errors import DigestMismatch as _DigestMismatch
 from acquired.sources.errors import DiskFull, SourceError
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "InfohashMismatch",
     "InvalidTorrent",
     "MetadataTimeout",
+    "SeedDataChanged",
     "TorrentCancelled",
     "TorrentDiskError",
     "TorrentError",
@@ -111,11 +113,19 @@ class TorrentCancelled(TorrentError):
     hint = "Resume the job to continue."
 
 
-class DigestMismatch(TorrentError):
-    """A completed file does not match the manifest's digest (the torrent itself is wrong)."""
+class DigestMismatch(_DigestMismatch, TorrentError):
+    """A completed file does not match the manifest's digest (the torrent itself is wrong).
 
-    code = "verify.digest_mismatch"
+    Code and hint are the shared ``verify.digest_mismatch``; this subclass keeps it a
+    :class:`TorrentError`.
+    """
+
+
+class SeedDataChanged(TorrentError):
+    """A file seeded before a restart changed on disk since: it is no longer seeded."""
+
+    code = "torrent.seed_data_changed"
     hint = (
-        "The torrent's content differs from the manifest; check the manifest's digest or use "
-        "another source."
+        "The file no longer matches the torrent, so it is not seeded; fetch it again "
+        "('acquirectl retry JOB' after deleting it) to seed it."
     )

@@ -48,6 +48,8 @@ class MetadataWaiting:
 
 @dataclass(frozen=True)
 class MetadataReceived:
+    """A magnet's metadata arrived: the torrent's name and wanted size are known."""
+
     key: str
     name: str
     total: int
@@ -93,12 +95,16 @@ class SeedingDone:
 
 @dataclass(frozen=True)
 class ResumeSaved:
+    """A torrent's resume data was written to ``path``."""
+
     key: str
     path: Path
 
 
 @dataclass(frozen=True)
 class ListenSucceeded:
+    """The session listens on this address, port and transport."""
+
     address: str
     port: int
     transport: str
@@ -106,6 +112,8 @@ class ListenSucceeded:
 
 @dataclass(frozen=True)
 class ListenFailed:
+    """The session could not listen on this address and port."""
+
     address: str
     port: int
     transport: str
@@ -116,12 +124,16 @@ class ListenFailed:
 
 @dataclass(frozen=True)
 class DhtStatus:
+    """The DHT's node count changed; ``ready`` once it can look peers up."""
+
     nodes: int
     ready: bool
 
 
 @dataclass(frozen=True)
 class TrackerResult:
+    """A tracker answered an announce, or failed to."""
+
     key: str
     url: str
     ok: bool
@@ -131,6 +143,8 @@ class TrackerResult:
 
 @dataclass(frozen=True)
 class WebSeedFailed:
+    """A web seed (HTTP mirror used by the swarm) failed."""
+
     key: str
     url: str
     error: str
@@ -138,6 +152,8 @@ class WebSeedFailed:
 
 @dataclass(frozen=True)
 class ExternalAddress:
+    """The address peers and trackers see the session at."""
+
     address: str
 
 

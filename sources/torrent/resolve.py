@@ -37,6 +37,8 @@ class InfoHash:
 
 @dataclass(frozen=True)
 class Magnet:
+    """A magnet URI."""
+
     uri: str
 
 

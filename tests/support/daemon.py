@@ -79,6 +79,9 @@ class DaemonProcess:
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
             self.env.pop(name, None)
         self.env.update(env or {})
+        # A daemon started by hand records its socket in the runtime folder: keep that
+        # record inside the test's folder, never in the machine's /run.
+        self.env.setdefault("XDG_RUNTIME_DIR", str(root / "xdg"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> DaemonProcess:

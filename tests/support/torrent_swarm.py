@@ -135,6 +135,32 @@ class Seeder:
         del self.session
 
 
+def leech(torrent: bytes, save_path: Path, peer: tuple[str, int], timeout: float = 30.0) -> int:
+    """Download ``torrent`` into ``save_path`` from ``peer`` alone, with a fresh loopback
+    session; returns the payload bytes that came from it (raises when it does not finish)."""
+    ses = lt.session({**LOOPBACK_SESSION, "listen_interfaces": "127.0.0.1:0"})
+    try:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(torrent)
+        atp.save_path = str(save_path)
+        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        handle = ses.add_torrent(atp)
+        deadline = time.monotonic() + timeout
+        while not handle.status().is_seeding:
+            if time.monotonic() > deadline:
+                st = handle.status()
+                raise AssertionError(
+                    f"nothing seeded it: {st.total_wanted_done} of {st.total_wanted} bytes"
+                    f" in {timeout} s from {peer}"
+                )
+            if handle.status().num_peers == 0:
+                handle.connect_peer(peer)
+            time.sleep(0.1)
+        return int(handle.status().total_payload_download)
+    finally:
+        del ses
+
+
 def dht_node(port: int = 0, bootstrap: str = "") -> lt.session:
     """A bare DHT node on 127.0.0.1 (helps an engine's DHT in tests)."""
     return lt.session(
@@ -433,6 +459,7 @@ __all__ = [
     "Tracker",
     "dht_node",
     "infohash_of",
+    "leech",
     "loopback_settings",
     "make_torrent",
     "running_engine",

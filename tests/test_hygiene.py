@@ -1,0 +1,48 @@
+"""Rules the test suite keeps: shared helpers live in tests/support/, pure tests need no swarm."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_no_test_module_imports_another() -> None:
+    """A helper two test modules need goes to tests/support/, not from one test to another."""
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top.startswith("test_") or top == "conftest":
+                    found.append(f"{path.relative_to(TESTS)}:{node.lineno} imports {name}")
+    assert found == []
+
+
+def test_choice_policy_tests_run_without_libtorrent() -> None:
+    """The pure policy tests collect and pass where ``import libtorrent`` fails."""
+    script = (
+        "import sys\n"
+        "sys.modules['libtorrent'] = None  # any import of it now raises ImportError\n"
+        "import pytest\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[1]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(TESTS / "test_choice.py")],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout and "libtorrent" not in done.stdout
