@@ -28,9 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.daemon import DaemonProcess
-
 from common import Nginx
+from support.daemon import DaemonProcess
 
 COUNTS = [int(n) for n in os.environ.get("BENCH_DAEMON_COUNTS", "1000,5000,20000").split(",")]
 TIMEOUT = float(os.environ.get("BENCH_DAEMON_TIMEOUT", "1800"))

@@ -11,6 +11,7 @@ percentage of the filesystem (``"5%"``, at most 50%).
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from acquired.common.redact import DEFAULT_QUERY_PARAMS
@@ -49,6 +51,7 @@ __all__ = [
     "ConfigNotFound",
     "ConfigUnreadable",
     "DiskReserve",
+    "FoldersOverlap",
     "HttpSettings",
     "MetricsSettings",
     "Rate",
@@ -286,6 +289,8 @@ class Config(_Strict):
     inbox: Path = Path("var/inbox")
     state_dir: Path = Path("var/state")
     runtime_dir: Path = Path("var/run")
+    inbox_max_manifest_size: Size = Field(default=64 * 1024**2, ge=1024)
+    """``[inbox] max_manifest_size``: a larger file in the inbox is rejected unread."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     redact_query_params: list[str] = Field(default_factory=lambda: list(DEFAULT_QUERY_PARAMS))
     max_concurrent_files: Int = Field(default=4, ge=1, le=1024)
@@ -298,6 +303,23 @@ class Config(_Strict):
     unpack: UnpackSettings = Field(default_factory=UnpackSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     cluster: ClusterSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inbox_table(cls, data: object) -> object:
+        """``[inbox]`` as a table: ``path`` and ``max_manifest_size``; a plain
+        ``inbox = "PATH"`` stays accepted."""
+        if not isinstance(data, dict) or not isinstance(data.get("inbox"), dict):
+            return data
+        data = dict(data)
+        table = dict(data.pop("inbox"))
+        if "path" in table:
+            data["inbox"] = table.pop("path")
+        if "max_manifest_size" in table:
+            data["inbox_max_manifest_size"] = table.pop("max_manifest_size")
+        for key, value in table.items():
+            data[f"inbox.{key}"] = value  # reported as an unknown key
+        return data
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -314,8 +336,9 @@ class Config(_Strict):
         :class:`ConfigError` (or a subclass) naming the file and every bad key.
         """
         if path is None:
-            config = cls()
-            return config._absolute(base_dir if base_dir is not None else Path.cwd())
+            config = cls()._absolute(base_dir if base_dir is not None else Path.cwd())
+            config.check_folders("<defaults>")
+            return config
         path = Path(path).expanduser()
         source = str(path)
         try:
@@ -339,7 +362,37 @@ class Config(_Strict):
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError.from_errors(source, [("", f"invalid TOML: {exc}")]) from None
         config = cls.from_mapping(data, source)
-        return config._absolute(base_dir if base_dir is not None else path.absolute().parent)
+        config = config._absolute(base_dir if base_dir is not None else path.absolute().parent)
+        config.check_folders(source)
+        return config
+
+    def check_folders(self, source: str = "<config>") -> None:
+        """Refuse a data root that contains (or lies inside) the inbox, the state or the
+        runtime folder: a dataset could then drop a manifest into the inbox, replace the
+        live store or the control socket. Raises :class:`FoldersOverlap`."""
+        data = _real(self.data_root)
+        errors = []
+        for key in ("inbox", "state_dir", "runtime_dir"):
+            other = _real(getattr(self, key))
+            if other == data or data in other.parents:
+                how = "is" if other == data else "contains"
+                errors.append(
+                    (
+                        "data_root",
+                        f"{self.data_root} {how} {key} {getattr(self, key)} — datasets "
+                        f"would be written into the {key}; keep the folders apart",
+                    )
+                )
+            elif other in data.parents:
+                errors.append(
+                    (
+                        "data_root",
+                        f"{self.data_root} lies inside {key} {getattr(self, key)} — keep the "
+                        "folders apart",
+                    )
+                )
+        if errors:
+            raise FoldersOverlap.from_errors(source, errors)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "<config>") -> Config:
@@ -411,6 +464,21 @@ class ConfigError(DaemonError):
         """One line per error: ``FILE: http.connections_per_file: 0 — must be ...``."""
         lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in errors]
         return cls("\n".join(lines), source=source, errors=errors)
+
+
+class FoldersOverlap(ConfigError):
+    """The data root overlaps the inbox, the state or the runtime folder."""
+
+    code: ClassVar[str] = "config.folders_overlap"
+    hint: ClassVar[str] = (
+        "Give data_root a folder of its own, neither containing nor inside inbox, "
+        "state_dir or runtime_dir (e.g. /srv/acquired/data beside /srv/acquired/inbox)."
+    )
+
+
+def _real(path: Path) -> Path:
+    """``path`` with the links of its existing part resolved (it may not exist yet)."""
+    return Path(os.path.realpath(path))
 
 
 class ConfigNotFound(ConfigError):

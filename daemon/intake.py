@@ -11,7 +11,6 @@ in when the daemon stopped is taken in again from its saved manifest at the next
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,11 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acquired.common.safepath import UnsafePath
 from acquired.daemon.errors import DaemonError, describe
+from acquired.daemon.inbox import read_manifest, reject_file
 from acquired.daemon.lifecycle import FileState, job_is_active
 from acquired.daemon.manifest import Manifest, parse_manifest, resolve_under
 from acquired.daemon.messages import IntakeParsed, Message, Reply
 from acquired.daemon.store import CHUNK, NewFile, Store, expect_key
+
+DEFAULT_MAX_MANIFEST = 64 * 1024**2
+"""What is read of a manifest file when the configuration names no cap."""
 
 LOG = logging.getLogger("acquired.service")
 
@@ -52,6 +56,7 @@ def prepare(
     inbox_path: Path | None = None,
     replace: bool = False,
     reply: Reply | None = None,
+    max_size: int = DEFAULT_MAX_MANIFEST,
 ) -> IntakeParsed:
     """Everything about a manifest that needs no store: run on the intake worker."""
     base = IntakeParsed(source_name, replace, inbox_path, reply)
@@ -60,7 +65,7 @@ def prepare(
             assert inbox_path is not None
             data = inbox_path
         if isinstance(data, Path):
-            data = data.read_bytes()
+            data = read_manifest(data, max_size)
         manifest = parse_manifest(data, source_name)
         dest = resolve_under(data_root, manifest.destination, "destination", source_name)
         check_paths(manifest, dest, source_name)
@@ -130,9 +135,14 @@ class IntakeWorker:
     """One thread that prepares manifests in the order they arrive."""
 
     def __init__(
-        self, data_root: Path, manifests_dir: Path, post: Callable[[Message], None]
+        self,
+        data_root: Path,
+        manifests_dir: Path,
+        post: Callable[[Message], None],
+        max_size: int = DEFAULT_MAX_MANIFEST,
     ) -> None:
         self._data_root = data_root
+        self._max_size = max_size
         self._manifests_dir = manifests_dir
         self._post = post
         self._jobs: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -171,6 +181,7 @@ class IntakeWorker:
                     job.pop("source_name"),
                     data_root=self._data_root,
                     manifests_dir=self._manifests_dir,
+                    max_size=self._max_size,
                     **job,
                 )
             )
@@ -287,16 +298,13 @@ class IntakeDesk:
     def reject(self, path: Path, exc: BaseException, inbox: Path) -> None:
         """Move a manifest that was not accepted to ``inbox/rejected`` with the reason."""
         info = describe(exc)
-        rejected = inbox / "rejected"
-        rejected.mkdir(parents=True, exist_ok=True)
+        text = f"{info.message}\n\nWhat to do: {info.hint}\n(error code: {info.code})\n"
         try:
-            os.replace(path, rejected / path.name)
-        except OSError as err:
+            # Never through a link planted in rejected/ (a group member can write there).
+            reject_file(inbox, path.name, text)
+        except (OSError, UnsafePath) as err:
             LOG.error("cannot move rejected manifest %s: %s", path, err)
             return
-        text = f"{info.message}\n\nWhat to do: {info.hint}\n(error code: {info.code})\n"
-        with contextlib.suppress(OSError):
-            (rejected / f"{path.name}.error.txt").write_text(text)
         LOG.error("rejected manifest %s: %s", path.name, info.message, extra={"code": info.code})
         self.store.add_event(
             "error", f"rejected manifest {path.name}: {info.message}", code=info.code

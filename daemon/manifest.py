@@ -188,6 +188,26 @@ def _relative_file(value: object) -> str:
     return check_relative_path(value)
 
 
+# The longest suffix the daemon appends to a fetched file's name (``NAME.part`` while it
+# is in flight); the file system's NAME_MAX is 255 bytes, so the name itself must leave
+# room for it. Extraction and placement keep their own temporary names short.
+NAME_MAX = 255
+FETCH_SUFFIX = ".part"
+
+
+def _fetched_file(value: object) -> str:
+    normal = check_relative_path(value)
+    name = normal.rpartition("/")[2]
+    room = NAME_MAX - len(FETCH_SUFFIX)
+    if len(name.encode("utf-8")) > room:
+        raise ValueError(
+            f"the file name {name[:20]!r}... is {len(name.encode('utf-8'))} bytes; while it "
+            f"is fetched it is written as NAME{FETCH_SUFFIX}, and a name may have at most "
+            f"{NAME_MAX} bytes — shorten it to {room} bytes or less"
+        )
+    return normal
+
+
 def _relative_folder(value: object) -> str:
     return check_relative_path(value, folder=True, allow_dot=True)
 
@@ -539,7 +559,8 @@ class ListingSpec(_Strict):
 
     root: Annotated[str, BeforeValidator(_relative_folder)] = "."
     path: Annotated[str | None, _optional(_relative_file)] = None
-    """Where the listing goes (default: beside the folder)."""
+    """Where the listing goes (default: ``.acquired/<root>/listing.tsv`` in the folder that
+    holds ``root``, ``.acquired/listing.tsv`` for the destination itself)."""
     format: Literal["tsv", "jsonl"] = "tsv"
     expect_files: Int | None = Field(default=None, ge=0)
     expect_folders: Int | None = Field(default=None, ge=0)
@@ -549,7 +570,7 @@ class ListingSpec(_Strict):
 class FileSpec(_Strict):
     """One file of a dataset."""
 
-    path: Annotated[str, BeforeValidator(_relative_file)]
+    path: Annotated[str, BeforeValidator(_fetched_file)]
     """Where the file goes, relative to the destination ('/' separates folders)."""
     size: Int | None = Field(default=None, ge=0)
     """Size in bytes, if known: checked, and reserved on disk before the download starts."""

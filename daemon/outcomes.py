@@ -16,6 +16,7 @@ from acquired.daemon.messages import TransferEnded, WatchedMatch
 from acquired.daemon.scheduler import DISK_WAIT, retry_delay
 from acquired.daemon.store import FileRow
 from acquired.sources.choice import Decision, MirrorEvidence, RunningState, reevaluate
+from acquired.sources.http.partfile import drop_empty_part
 from acquired.unpack import Candidate
 
 if TYPE_CHECKING:
@@ -216,6 +217,8 @@ class Outcomes:
     def fail(self, row: FileRow, info: ErrorInfo) -> None:
         """Fail a file for good, with its error's code and hint."""
         self.svc.metrics.failure(info.code)
+        # A file that failed before its first byte leaves no empty .part behind.
+        drop_empty_part(self.svc.config.data_root, self.svc.target(row))
         self.svc.move(row.id, Event.FAIL, reason=info.message, error=info.as_dict())
         self.svc.event(
             "error",

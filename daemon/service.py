@@ -129,7 +129,9 @@ class Service:
         self.watched_runner = WatchedRunner(self.post, self.metrics.observe_verify)
         # ... and the parts of the state thread's work.
         self.manifests = ManifestCache(self.post)
-        self.intake = IntakeWorker(config.data_root, self.manifests_dir, self.post)
+        self.intake = IntakeWorker(
+            config.data_root, self.manifests_dir, self.post, config.inbox_max_manifest_size
+        )
         self.scheduler = Scheduler(self)
         self.files = FilesKind(self)
         self.kinds: dict[str, JobKind] = {self.files.name: self.files}

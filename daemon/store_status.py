@@ -14,6 +14,8 @@ EVENTS_KEPT = 500
 
 @dataclass(frozen=True)
 class JobTotals:
+    """A job's files counted by state, and its byte totals, from one aggregate query."""
+
     counts: dict[str, int]
     files_total: int
     bytes_total: int | None  # None while any file's size is unknown

@@ -1,20 +1,18 @@
 """The extraction engine: writes the members of one archive into a root folder under the
 rules of :mod:`acquired.unpack.safety`, within a byte/entry budget.
 
-Used by :mod:`acquired.unpack.extract` in the calling thread and, for nested archives, in
-worker processes (:func:`run_inner`). Nothing here knows about staging or markers.
+The archive readers that feed a :class:`Writer` live in :mod:`acquired.unpack._readers`;
+both run in the calling thread and, for nested archives, in worker processes
+(:func:`acquired.unpack._readers.run_inner`). Nothing here knows about staging or markers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import fcntl
 import io
 import lzma
 import os
-import signal
 import stat
 import tarfile
 import threading
@@ -22,20 +20,17 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import zstandard
 
-from . import formats, safety
+from . import safety
 from .errors import (
     CorruptArchive,
     DiskFull,
-    EncryptedArchive,
     ExtractCancelled,
     LinkEscape,
     ReservedName,
-    UnknownFormat,
     UnpackError,
     WriteFailed,
 )
@@ -118,6 +113,9 @@ class Budget:
         self._pc = 0
         self._global_entries = 0
         self._global_bytes = 0
+        # Compressed bytes read so far (set for a compressed top-level archive): the
+        # expansion ratio is checked as the stream is read, not only at the end.
+        self.input_pos: Callable[[], int] | None = None
 
     def entry(self) -> None:
         self.entries += 1
@@ -128,14 +126,19 @@ class Budget:
 
     def reserve(self, nbytes: int) -> None:
         """Refuse before writing when ``nbytes`` more would exceed the byte budget."""
-        safety.check_bytes(
-            self._global_bytes + self._pb + nbytes, self.allowed, self.limits, self.name
-        )
+        total = self._global_bytes + self._pb + nbytes
+        safety.check_bytes(total, self.allowed, self.limits, self.name)
+        safety.check_room(total, self.limits, self.name)
 
     def wrote(self, nbytes: int) -> None:
+        """Count ``nbytes`` written; refuse past the budget, the ratio or the reserve."""
         self.bytes += nbytes
         self._pb += nbytes
-        safety.check_bytes(self._global_bytes + self._pb, self.allowed, self.limits, self.name)
+        total = self._global_bytes + self._pb
+        safety.check_bytes(total, self.allowed, self.limits, self.name)
+        safety.check_room(total, self.limits, self.name)
+        if self.input_pos is not None:
+            safety.check_stream_ratio(total, self.input_pos(), self.limits, self.name)
         if self._pb >= _FLUSH_BYTES:
             self.flush()
 
@@ -161,10 +164,23 @@ def _os_error(exc: OSError, path: str) -> UnpackError:
 
 
 class Writer:
-    """Creates entries below ``root`` (absolute, resolved) and nowhere else."""
+    """Creates entries below ``root`` (absolute, resolved) and nowhere else.
 
-    def __init__(self, root: str, budget: Budget, *, top: bool = False) -> None:
+    Every operation is relative to a descriptor of ``root`` opened once (``O_NOFOLLOW``),
+    so the folder swapped for a link while the archive is read changes nothing: entries
+    land in the folder that was opened. Call :meth:`close` when done.
+    """
+
+    def __init__(
+        self, root: str, budget: Budget, *, top: bool = False, fd: int | None = None
+    ) -> None:
         self.root = root
+        # ``fd``: a descriptor of ``root`` the caller opened safely (the writer owns it).
+        self.fd = (
+            fd
+            if fd is not None
+            else os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        )
         self.budget = budget
         self.top = top
         self.made_dirs: set[str] = {""}
@@ -206,46 +222,58 @@ class Writer:
                     member=member,
                 )
 
+    def close(self) -> None:
+        """Close the descriptor of the root."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def _ensure_parent(self, rel: str, member: str) -> None:
         parent = rel.rpartition("/")[0]
         if parent in self.made_dirs:
             return
-        path = os.path.join(self.root, parent)
-        try:
-            os.makedirs(path, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise CorruptArchive(
-                f"{member!r}: a parent folder is a file in this archive", member=member
-            ) from None
-        except OSError as exc:
-            raise _os_error(exc, path) from None
         parts = parent.split("/")
         for i in range(1, len(parts) + 1):
-            self.made_dirs.add("/".join(parts[:i]))
+            prefix = "/".join(parts[:i])
+            if prefix in self.made_dirs:
+                continue
+            try:
+                os.mkdir(prefix, dir_fd=self.fd)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(prefix, dir_fd=self.fd).st_mode):
+                    raise CorruptArchive(
+                        f"{member!r}: a parent folder is a file in this archive", member=member
+                    ) from None
+            except NotADirectoryError:
+                raise CorruptArchive(
+                    f"{member!r}: a parent folder is a file in this archive", member=member
+                ) from None
+            except OSError as exc:
+                raise _os_error(exc, os.path.join(self.root, prefix)) from None
+            self.made_dirs.add(prefix)
 
-    def _clear(self, path: str, member: str) -> None:
+    def _clear(self, rel: str, member: str) -> None:
         """Remove what a later member replaces (tar semantics); never a folder."""
         try:
-            st = os.lstat(path)
+            st = os.lstat(rel, dir_fd=self.fd)
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
             raise CorruptArchive(
                 f"{member!r}: replaces a folder of the same archive", member=member
             )
-        os.unlink(path)
-        rel = os.path.relpath(path, self.root)
+        os.unlink(rel, dir_fd=self.fd)
         self.symlinks.discard(rel)
 
     def _open_new(self, rel: str, mode: int, member: str) -> int:
         path = os.path.join(self.root, rel)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            return os.open(path, flags, mode)
+            return os.open(rel, flags, mode, dir_fd=self.fd)
         except FileExistsError:
-            self._clear(path, member)
+            self._clear(rel, member)
             try:
-                return os.open(path, flags, mode)
+                return os.open(rel, flags, mode, dir_fd=self.fd)
             except OSError as exc:
                 raise _os_error(exc, path) from None
         except OSError as exc:
@@ -261,9 +289,9 @@ class Writer:
             self._ensure_parent(rel, member)
             path = os.path.join(self.root, rel)
             try:
-                os.mkdir(path)
+                os.mkdir(rel or ".", dir_fd=self.fd)
             except FileExistsError:
-                if not os.path.isdir(path) or os.path.islink(path):
+                if not stat.S_ISDIR(os.lstat(rel or ".", dir_fd=self.fd).st_mode):
                     raise CorruptArchive(
                         f"{member!r}: a folder where the archive already put a file",
                         member=member,
@@ -400,9 +428,9 @@ class Writer:
         self._guard(rel, member)
         self._ensure_parent(rel, member)
         path = os.path.join(self.root, rel)
-        self._clear(path, member)
+        self._clear(rel, member)
         try:
-            os.symlink(target, path)
+            os.symlink(target, rel, dir_fd=self.fd)
         except OSError as exc:
             raise _os_error(exc, path) from None
         self.symlinks.add(rel)
@@ -414,18 +442,19 @@ class Writer:
         self._guard(target_rel + "/x", member)
         self._ensure_parent(rel, member)
         path = os.path.join(self.root, rel)
-        source = os.path.join(self.root, target_rel)
-        if not os.path.lexists(source):
+        try:
+            source_mode = os.lstat(target_rel, dir_fd=self.fd).st_mode
+        except (FileNotFoundError, NotADirectoryError):
             raise CorruptArchive(
                 f"{member!r}: hard link to {target_rel!r}, which the archive has not created",
                 member=member,
                 target=target_rel,
-            )
-        if os.path.isdir(source) and not os.path.islink(source):
+            ) from None
+        if stat.S_ISDIR(source_mode):
             raise CorruptArchive(f"{member!r}: hard link to a folder", member=member)
-        self._clear(path, member)
+        self._clear(rel, member)
         try:
-            os.link(source, path, follow_symlinks=False)
+            os.link(target_rel, rel, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
         except OSError as exc:
             raise _os_error(exc, path) from None
         self.budget.files += 1
@@ -433,9 +462,8 @@ class Writer:
     def finish(self) -> None:
         """Folder times last (writing into a folder changes its time), deepest first."""
         for rel, mtime in sorted(self.dir_times, key=lambda t: t[0].count("/"), reverse=True):
-            path = os.path.join(self.root, rel)
             with contextlib.suppress(OSError):
-                os.utime(path, (mtime, mtime), follow_symlinks=False)
+                os.utime(rel, (mtime, mtime), dir_fd=self.fd, follow_symlinks=False)
 
 
 class Throttle:
@@ -515,379 +543,3 @@ class Counting(io.RawIOBase):
 
     def seekable(self) -> bool:
         return False
-
-
-# --- one archive ----------------------------------------------------------------------------
-
-
-# Called for each member of an archive: (member name, data offset, size) -> True when the
-# caller took the member (nested extraction hands inner archives to a worker).
-InnerHook = Callable[[str, str, int, int, Any], bool]
-
-
-def extract_tar_seekable(
-    fd: int,
-    offset: int,
-    size: int,
-    writer: Writer,
-    *,
-    on_pos: Callable[[int], None] | None = None,
-    inner: InnerHook | None = None,
-) -> None:
-    """An uncompressed tar that is ``size`` bytes at ``offset`` of ``fd``; file data is
-    copied in the kernel from its place in the archive."""
-    window = Window(fd, offset, size)
-    try:
-        tf = tarfile.open(fileobj=cast(IO[bytes], window), mode="r:")  # noqa: SIM115
-    except _DECOMPRESS_ERRORS as exc:
-        raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-    with tf:
-        last = 0
-        taken = 0
-        while True:
-            try:
-                member = tf.next()
-            except _DECOMPRESS_ERRORS as exc:
-                raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-            if member is None:
-                _check_tar_end(window, tf.offset, writer.budget.name)
-                break
-            # Keep memory flat on archives of millions of members.
-            _forget(tf)
-            if member.isreg() and not member.issparse():
-                rel = safety.check_name(member.name)
-                data_at = offset + member.offset_data
-                if inner is not None and inner(member.name, rel, data_at, member.size, None):
-                    # The worker counts these bytes as it reads them.
-                    taken += member.size
-                else:
-                    writer.budget.entry()
-                    writer.file_from_fd(
-                        rel,
-                        member=member.name,
-                        src_fd=fd,
-                        offset=data_at,
-                        size=member.size,
-                        mode=safety.filtered_file_mode(member.mode),
-                        mtime=member.mtime,
-                    )
-            else:
-                _other_member(tf, member, writer)
-            pos = tf.offset
-            writer.budget.consumed(pos - last - taken)
-            taken = 0
-            last = pos
-            if on_pos is not None:
-                on_pos(pos)
-        writer.budget.consumed(size - last)
-
-
-def _forget(tf: tarfile.TarFile) -> None:
-    # TarFile keeps every member it has read; on a million-member archive that is
-    # hundreds of MB. The pipeline never looks back, so drop them as it goes.
-    cast(Any, tf).members.clear()
-
-
-def _check_tar_end(window: Window, end: int, name: str) -> None:
-    # tarfile stops quietly at an unreadable header past the first one, which would make
-    # a truncated archive look complete: require the end-of-archive block.
-    window.seek(end)
-    block = window.read(formats.BLOCK) or b""
-    if len(block) < formats.BLOCK:
-        raise CorruptArchive(
-            f"{name}: the archive ends without its end-of-archive marker (truncated?)",
-            offset=end,
-        )
-    if block != bytes(formats.BLOCK):
-        raise CorruptArchive(f"{name}: invalid tar header at offset {end}", offset=end)
-
-
-def extract_tar_stream(
-    stream: IO[bytes],
-    writer: Writer,
-    on_member: Callable[[], None] | None = None,
-    inner: InnerHook | None = None,
-) -> None:
-    """A tar read front to back from a (decompressing) stream."""
-    try:
-        tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115
-    except _DECOMPRESS_ERRORS as exc:
-        raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-    except OSError as exc:
-        raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-    with tf:
-        while True:
-            try:
-                member = tf.next()
-            except _DECOMPRESS_ERRORS as exc:
-                raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-            except OSError as exc:
-                raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-            if member is None:
-                break
-            _forget(tf)
-            if member.isreg():
-                rel = safety.check_name(member.name)
-                src = tf.extractfile(member)
-                assert src is not None
-                if inner is None or not inner(member.name, rel, -1, member.size, src):
-                    writer.budget.entry()
-                    writer.file_from_stream(
-                        rel,
-                        member=member.name,
-                        src=src,
-                        size=member.size,
-                        mode=safety.filtered_file_mode(member.mode),
-                        mtime=member.mtime,
-                    )
-            else:
-                _other_member(tf, member, writer)
-            if on_member is not None:
-                on_member()
-    # Read the compressed stream to its end: its checksum (gzip CRC, xz check) and a
-    # truncation past the tar's last member are only seen there.
-    try:
-        while stream.read(COPY_BUFFER):
-            pass
-    except _DECOMPRESS_ERRORS as exc:
-        raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-    except OSError as exc:
-        raise CorruptArchive(f"{writer.budget.name}: {exc}") from None
-
-
-def _other_member(tf: tarfile.TarFile, member: tarfile.TarInfo, writer: Writer) -> None:
-    writer.budget.entry()
-    if member.isdir():
-        rel = safety.check_name(member.name)
-        writer.directory(rel, member.name, member.mtime)
-    elif member.issym():
-        rel = safety.check_name(member.name)
-        if not rel:
-            raise CorruptArchive(f"{member.name!r}: a symlink in place of the root")
-        safety.filter_link(member, writer.root)
-        writer.symlink(rel, member.name, member.linkname)
-    elif member.islnk():
-        rel = safety.check_name(member.name)
-        target = safety.check_link_name(member.name, member.linkname)
-        safety.filter_link(member, writer.root)
-        writer.hardlink(rel, member.name, target)
-    elif member.isreg():
-        # A sparse file: tarfile's reader fills the holes.
-        rel = safety.check_name(member.name)
-        src = tf.extractfile(member)
-        assert src is not None
-        writer.file_from_stream(
-            rel,
-            member=member.name,
-            src=src,
-            size=member.size,
-            mode=safety.filtered_file_mode(member.mode),
-            mtime=member.mtime,
-        )
-    elif member.ischr() or member.isblk():
-        raise safety.special_file(member.name, "device node")
-    elif member.isfifo():
-        raise safety.special_file(member.name, "FIFO")
-    else:
-        raise safety.special_file(member.name, f"tar entry type {member.type!r}")
-
-
-def _zip_time(info: zipfile.ZipInfo) -> float | None:
-    try:
-        return time.mktime((*info.date_time, 0, 0, -1))
-    except (OverflowError, ValueError):
-        return None
-
-
-def extract_zip(
-    source: IO[bytes],
-    writer: Writer,
-    on_member: Callable[[int], None] | None = None,
-    inner: InnerHook | None = None,
-) -> None:
-    """A zip archive (seekable). Same rules as tar: zip has no filter of its own."""
-    name = writer.budget.name
-    try:
-        zf = zipfile.ZipFile(cast(Any, source))
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise CorruptArchive(f"{name}: {exc}") from None
-    with zf:
-        infos = zf.infolist()
-        # Refuse from the central directory before writing anything; the sizes written
-        # are counted again as they are written (a declared size may lie).
-        safety.check_entries(len(infos), writer.budget.allowed_entries, name)
-        declared = sum(i.file_size for i in infos)
-        safety.check_bytes(declared, writer.budget.allowed, writer.budget.limits, name)
-        for index, info in enumerate(infos):
-            writer.budget.entry()
-            rel = safety.check_name(info.filename)
-            if info.flag_bits & 0x1:
-                raise EncryptedArchive(
-                    f"{name}: {info.filename!r} is password-protected", member=info.filename
-                )
-            unix = info.external_attr >> 16 if info.create_system == 3 else 0
-            kind = stat.S_IFMT(unix)
-            mtime = _zip_time(info)
-            if info.is_dir() or kind == stat.S_IFDIR:
-                writer.directory(rel, info.filename, mtime)
-            elif kind == stat.S_IFLNK:
-                if info.file_size > 4096:
-                    raise CorruptArchive(
-                        f"{info.filename!r}: a symlink target of {info.file_size} bytes"
-                    )
-                try:
-                    target = zf.read(info).decode("utf-8", errors="surrogateescape")
-                except _DECOMPRESS_ERRORS as exc:
-                    raise CorruptArchive(f"{info.filename!r}: {exc}") from None
-                link = tarfile.TarInfo(info.filename)
-                link.type = tarfile.SYMTYPE
-                link.linkname = target
-                safety.filter_link(link, writer.root)
-                writer.symlink(rel, info.filename, target)
-            elif kind in (stat.S_IFCHR, stat.S_IFBLK):
-                raise safety.special_file(info.filename, "device node")
-            elif kind == stat.S_IFIFO:
-                raise safety.special_file(info.filename, "FIFO")
-            elif kind == stat.S_IFSOCK:
-                raise safety.special_file(info.filename, "socket")
-            else:
-                mode = safety.filtered_file_mode(unix & 0o7777 if unix else 0o644)
-                try:
-                    src = zf.open(info)
-                except (NotImplementedError, RuntimeError) as exc:
-                    raise CorruptArchive(f"{info.filename!r}: {exc}") from None
-                except _DECOMPRESS_ERRORS as exc:
-                    raise CorruptArchive(f"{info.filename!r}: {exc}") from None
-                with src:
-                    taken = inner is not None and inner(info.filename, rel, -1, info.file_size, src)
-                    if not taken:
-                        writer.file_from_stream(
-                            rel,
-                            member=info.filename,
-                            src=src,
-                            size=info.file_size,
-                            mode=mode,
-                            mtime=mtime,
-                        )
-                    # zipfile stops at the declared size, so a member that holds more
-                    # writes no more than it declares; compressed data left unread says
-                    # the declaration lied (best effort: zipfile keeps this private).
-                    if getattr(src, "_compress_left", 0) > 0:
-                        raise CorruptArchive(
-                            f"{info.filename!r} holds more data than the {info.file_size} "
-                            "bytes it declares",
-                            member=info.filename,
-                            declared=info.file_size,
-                        )
-            if on_member is not None:
-                on_member(index + 1)
-
-
-def extract_single(
-    raw: IO[bytes],
-    compression: str,
-    out_name: str,
-    writer: Writer,
-) -> None:
-    """One compressed file (``gz``, ``bz2``, ``xz``, ``zst``) decompressed to ``out_name``."""
-    writer.budget.entry()
-    stream = formats.open_decompressed(raw, compression)
-    try:
-        writer.file_from_stream(
-            out_name, member=out_name, src=stream, size=None, mode=0o644, mtime=None
-        )
-    finally:
-        stream.close()
-
-
-# --- nested archives in worker processes ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InnerJob:
-    """One inner archive for a worker: ``size`` bytes at ``offset`` of ``source``,
-    extracted into ``dest`` (absolute, inside the staging folder)."""
-
-    source: str
-    offset: int
-    size: int
-    member: str
-    dest: str
-    limits: Limits
-    archive_size: int
-    delete_source: bool = False
-
-
-@dataclass(frozen=True)
-class InnerResult:
-    entries: int
-    files: int
-    bytes: int
-    symlinks: tuple[str, ...]
-
-
-_worker_shared: Shared | None = None
-_worker_lock_fd: int | None = None
-
-
-def worker_init(array: Any, lock: Any, writers_lock: str, parent: int) -> None:
-    """Process-pool initializer: die with the parent, hold the staging folder's writers
-    lock (so a later cleanup waits for this process), remember the shared counters."""
-    global _worker_shared, _worker_lock_fd  # noqa: PLW0603 - per-process state by design
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
-    _worker_lock_fd = os.open(writers_lock, os.O_RDONLY | os.O_CLOEXEC)
-    fcntl.flock(_worker_lock_fd, fcntl.LOCK_SH)
-    _worker_shared = Shared(array, lock)
-
-
-def run_inner(job: InnerJob) -> InnerResult:
-    """Extract one inner archive (in a worker process, or inline)."""
-    shared = _worker_shared or local_shared()
-    return extract_inner(job, shared, None)
-
-
-def extract_inner(job: InnerJob, shared: Shared, cancel: threading.Event | None) -> InnerResult:
-    """Extract an inner archive into ``job.dest`` under the shared budget."""
-    budget = Budget(job.limits, job.archive_size, job.member, shared, cancel)
-    os.makedirs(job.dest, exist_ok=True)
-    writer = Writer(job.dest, budget)
-    fd = os.open(job.source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        window = Window(fd, job.offset, job.size)
-        try:
-            fmt = formats.sniff_stream(cast(IO[bytes], window))
-        except UnknownFormat:
-            raise CorruptArchive(
-                f"{job.member!r} is named like an archive but is not one", member=job.member
-            ) from None
-        if fmt == "tar":
-            extract_tar_seekable(fd, job.offset, job.size, writer)
-        elif fmt == "zip":
-            extract_zip(cast(IO[bytes], io.BufferedReader(window, 1 << 16)), writer)
-            budget.consumed(job.size)
-        elif fmt.startswith("tar."):
-            counting = Counting(cast(IO[bytes], window))
-            stream = formats.open_decompressed(
-                cast(IO[bytes], io.BufferedReader(counting, 1 << 16)), fmt[4:]
-            )
-            extract_tar_stream(stream, writer)
-            budget.consumed(job.size)
-        else:
-            raise CorruptArchive(
-                f"{job.member!r} is a single {fmt} file, not an archive of files",
-                member=job.member,
-            )
-        writer.finish()
-        budget.flush()
-    finally:
-        os.close(fd)
-        if job.delete_source:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(job.source)
-    return InnerResult(budget.entries, budget.files, budget.bytes, tuple(writer.symlink_paths))

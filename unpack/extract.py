@@ -37,28 +37,29 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import multiprocessing
 import os
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from . import _engine, formats
-from ._engine import Budget, InnerJob, InnerResult, Shared, Throttle, Writer
+from acquired.common import safepath
+
+from . import _engine, _readers, formats, placement
+from ._engine import Budget, Shared, Throttle, Writer
+from ._nested import Nested, remove, writers_lock
 from .errors import (
     ArchiveMissing,
     CorruptArchive,
-    ExtractCancelled,
     ReservedName,
     TargetConflict,
     WriteFailed,
@@ -109,7 +110,19 @@ def read_marker(marker: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("version") == MARKER_VERSION else None
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def _below(anchor: Path | None, path: Path) -> str | None:
+    """``path`` relative to ``anchor`` when it lies below it (then it is opened beneath
+    it, without following links), else ``None``."""
+    if anchor is None or not str(path).startswith(str(anchor).rstrip("/") + "/"):
+        return None
+    return safepath.relative_to(anchor, path)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any], anchor: Path | None = None) -> None:
+    rel = _below(anchor, path)
+    if anchor is not None and rel is not None:
+        safepath.write_beneath(anchor, rel, json.dumps(data, indent=1).encode(), sync_dir=True)
+        return
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
@@ -141,8 +154,15 @@ def _syncfs(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, how: int, timeout: float | None = None) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _flock(
+    path: Path, how: int, timeout: float | None = None, anchor: Path | None = None
+) -> Iterator[int]:
+    rel = _below(anchor, path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    if anchor is not None and rel is not None:
+        fd = safepath.open_beneath(anchor, rel, flags, 0o644)
+    else:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
     try:
         if timeout is None:
             fcntl.flock(fd, how)
@@ -164,24 +184,28 @@ def _flock(path: Path, how: int, timeout: float | None = None) -> Iterator[int]:
         os.close(fd)
 
 
-def _remove(path: Path) -> None:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
+_remove = remove
 
 
 def _key(archive: Path) -> str:
-    return archive.name.replace(os.sep, "_")
+    """The archive's name in bookkeeping names (``staging-KEY-TOKEN``, ``KEY.moving.json``):
+    a long name is shortened with a hash of it, so these stay within NAME_MAX whatever
+    the archive is called."""
+    name = archive.name.replace(os.sep, "_")
+    if len(name.encode("utf-8")) <= 96:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    head = name.encode("utf-8", "surrogateescape")[:64].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
 class _Paths:
     """The bookkeeping paths of one (archive, target) step."""
 
-    def __init__(self, archive: Path, target: Path, meta_dir: Path) -> None:
+    def __init__(
+        self, archive: Path, target: Path, meta_dir: Path, anchor: Path | None = None
+    ) -> None:
+        self.anchor = anchor
         self.key = _key(archive)
         self.meta = meta_dir
         self.marker = meta_dir / f"{self.key}.json"
@@ -204,8 +228,7 @@ class _Paths:
         return self.target / f".acquired-staging-{self.key}-{token}"
 
 
-def _writers_lock(staging: Path) -> Path:
-    return staging.with_name(staging.name + ".lock")
+_writers_lock = writers_lock
 
 
 def _clean_stale(paths: _Paths) -> None:
@@ -220,15 +243,15 @@ def _clean_stale(paths: _Paths) -> None:
                 continue
             stale = folder / name
             lock = _writers_lock(stale)
-            with _flock(lock, fcntl.LOCK_EX, timeout=120):
+            with _flock(lock, fcntl.LOCK_EX, timeout=120, anchor=paths.anchor):
                 _remove(stale)
                 _remove(stale.with_name(stale.name + ".inner"))
             _remove(lock)
 
 
-def _undo(paths: _Paths, outputs: list[str]) -> None:
+def _undo(target_fd: int, outputs: list[str]) -> None:
     for rel in sorted(outputs, key=lambda r: r.count("/"), reverse=True):
-        _remove(paths.target / rel)
+        placement.remove_beneath(target_fd, rel)
 
 
 def _identity(archive: Path, digest: str | None) -> str | None:
@@ -284,141 +307,6 @@ def _plan_moves(staging: Path, target: Path) -> list[str]:
     return moves
 
 
-class _Nested:
-    """Hands inner archives to worker processes (or extracts them inline)."""
-
-    def __init__(
-        self,
-        *,
-        archive: Path,
-        staging: Path,
-        writer: Writer,
-        limits: Limits,
-        archive_size: int,
-        workers: int,
-        shared: Shared,
-        mp: tuple[Any, Any, Any] | None,
-        cancel: threading.Event | None,
-        on_wait: Callable[[], None],
-    ) -> None:
-        self.archive = archive
-        self.staging = staging
-        self.writer = writer
-        self.limits = limits
-        self.archive_size = archive_size
-        self.workers = workers
-        self.shared = shared
-        self.mp = mp
-        self.cancel = cancel
-        self.on_wait = on_wait
-        self.pool: ProcessPoolExecutor | None = None
-        self.pending: set[Future[InnerResult]] = set()
-        self.results: list[InnerResult] = []
-        self.dests: set[str] = set()
-        self.tmp = staging.with_name(staging.name + ".inner")
-        self.count = 0
-
-    def hook(self, member: str, rel: str, offset: int, size: int, src: Any) -> bool:
-        if formats.format_from_name(rel) not in formats.CONTAINERS:
-            return False
-        dest = formats.strip_suffix(rel)
-        if dest in self.dests:
-            raise CorruptArchive(
-                f"{member!r}: another inner archive already extracts into {dest!r}",
-                member=member,
-            )
-        self.writer.directory(dest, member, None)
-        self.writer.inner_dirs.add(dest)
-        self.dests.add(dest)
-        if offset >= 0:
-            job = InnerJob(
-                str(self.archive),
-                offset,
-                size,
-                member,
-                str(self.staging / dest),
-                self.limits,
-                self.archive_size,
-            )
-        else:
-            # The outer archive is compressed (or zip): the inner one is copied out to a
-            # temporary file first; at most 2 per worker are waiting at any time.
-            self.tmp.mkdir(exist_ok=True)
-            self.count += 1
-            path = self.tmp / f"inner-{self.count}"
-            _copy_stream(src, path, size, member)
-            job = InnerJob(
-                str(path),
-                0,
-                size,
-                member,
-                str(self.staging / dest),
-                self.limits,
-                self.archive_size,
-                delete_source=True,
-            )
-        self._submit(job)
-        return True
-
-    def _submit(self, job: InnerJob) -> None:
-        if self.workers <= 1 or self.mp is None:
-            self.results.append(_engine.extract_inner(job, self.shared, self.cancel))
-            self.on_wait()
-            return
-        if self.pool is None:
-            ctx, array, lock = self.mp
-            lock_path = _writers_lock(self.staging)
-            self.pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=ctx,
-                initializer=_engine.worker_init,
-                initargs=(array, lock, str(lock_path), os.getpid()),
-            )
-        while len(self.pending) >= 2 * self.workers:
-            self._wait_some()
-        self.pending.add(self.pool.submit(_engine.run_inner, job))
-
-    def _wait_some(self) -> None:
-        done, self.pending = wait(self.pending, timeout=0.25, return_when=FIRST_COMPLETED)
-        for f in done:
-            self.results.append(_result(f))
-        if self.cancel is not None and self.cancel.is_set():
-            raise ExtractCancelled("extraction was cancelled")
-        self.on_wait()
-
-    def finish(self) -> None:
-        while self.pending:
-            self._wait_some()
-
-    def close(self, failed: bool) -> None:
-        if failed:
-            self.shared.abort()
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-        _remove(self.tmp)
-
-
-def _result(f: Future[InnerResult]) -> InnerResult:
-    try:
-        return f.result()
-    except BrokenProcessPool:
-        raise WriteFailed(
-            "a worker process of the nested extraction died (out of memory?)"
-        ) from None
-
-
-def _copy_stream(src: IO[bytes], path: Path, size: int, member: str) -> None:
-    with open(path, "wb") as out:
-        remaining = size
-        while remaining:
-            chunk = src.read(min(remaining, 1 << 20))
-            if not chunk:
-                raise CorruptArchive(f"{member!r}: archive ends inside this member", member=member)
-            out.write(chunk)
-            remaining -= len(chunk)
-
-
 def extract(  # noqa: PLR0917 - the documented contract takes these positionally
     archive: Path,
     target: Path,
@@ -433,6 +321,8 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
     cancel: threading.Event | None = None,
     meta_dir: Path | None = None,
     before_place: Callable[[], object] | None = None,
+    root: Path | None = None,
+    base: Path | None = None,
 ) -> ExtractResult:
     """Extract ``archive`` into ``target`` safely, atomically and resumably.
 
@@ -447,22 +337,118 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
     marker and staging live (default :func:`default_meta_dir`). ``before_place``: called
     once the staging folder is complete and before anything is placed; if it raises, the
     staging folder is removed and the error propagates (the pipeline verifies the
-    archive's digest concurrently and gates placement on it).
+    archive's digest concurrently and gates placement on it). ``root``: the folder
+    nothing may leave (the job's destination; default ``target``): ``target`` and the
+    bookkeeping are created below it without following any link (a link there is refused
+    with :class:`~acquired.common.safepath.PathEscapes`), the bookkeeping of ``into="."``
+    lives in ``root/.acquired``, entries are moved into place through descriptors of
+    folders checked to be still the ones opened, and no symlink placed — with the ones
+    placed before — may resolve outside ``root`` (:mod:`acquired.unpack.placement`).
+    ``base``: a trusted folder above ``root`` (the data root): ``root`` itself is then
+    opened beneath it, so a destination swapped for a link is refused too.
 
     Raises the :mod:`acquired.unpack.errors` classes; on any error nothing is left in
     ``target`` (the staging folder is removed).
     """
     archive = Path(os.path.abspath(archive))
     target = Path(os.path.abspath(target))
+    top = Path(os.path.abspath(root)) if root is not None else None
+    anchor = Path(os.path.abspath(base)) if base is not None and top is not None else top
     try:
+        meta, target_fd, links_meta = _open_target(target, top, anchor, meta_dir)
+    except OSError as exc:
+        raise WriteFailed(f"cannot create {target}: {exc.strerror}", path=str(target)) from None
+    try:
+        return _extract_locked(
+            archive,
+            target,
+            fmt,
+            limits,
+            workers,
+            progress,
+            _Paths(archive, target, Path(os.path.abspath(meta)), anchor),
+            _Place(top or target, anchor or target, target_fd, links_meta),
+            nested=nested,
+            digest=digest,
+            delete_archive=delete_archive,
+            cancel=cancel,
+            before_place=before_place,
+        )
+    finally:
+        os.close(target_fd)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where placement happens: the folder nothing may leave, a descriptor of the target
+    opened beneath it, and where the index of placed links lives."""
+
+    root: Path
+    anchor: Path
+    target_fd: int
+    links_meta: Path
+
+    def open(self, folder: Path) -> int:
+        """A descriptor of ``folder`` (staging), opened beneath the anchor when it lies
+        there, so everything written into it stays in the folder that was created."""
+        if str(folder).startswith(str(self.anchor).rstrip("/") + "/"):
+            return safepath.open_dir_beneath(self.anchor, safepath.relative_to(self.anchor, folder))
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def check(self, target: Path) -> None:
+        """Refuse to place when the target is no longer the folder opened at the start."""
+        placement.same_folder(
+            self.target_fd, self.anchor, safepath.relative_to(self.anchor, target)
+        )
+
+
+def _open_target(
+    target: Path, top: Path | None, anchor: Path | None, meta_dir: Path | None
+) -> tuple[Path, int, Path]:
+    """Create the target and the bookkeeping folder; return the bookkeeping folder, a
+    descriptor of the target, and the folder of the placed-links index."""
+    if top is None or anchor is None:
         target.mkdir(parents=True, exist_ok=True)
         meta = meta_dir if meta_dir is not None else default_meta_dir(target)
         meta.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteFailed(f"cannot create {target}: {exc.strerror}", path=str(target)) from None
-    paths = _Paths(archive, target, Path(os.path.abspath(meta)))
+        return meta, os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), meta
+    rel = safepath.relative_to(top, target)
+    if anchor == top:
+        top.mkdir(parents=True, exist_ok=True)  # trusted as given: nothing above to check
+    fd = safepath.open_dir_beneath(anchor, safepath.relative_to(anchor, target), create=True)
+    try:
+        own = top / ".acquired"
+        meta = meta_dir if meta_dir is not None else (default_meta_dir(target) if rel else own)
+        for folder in (meta, own):
+            below = os.path.abspath(folder).startswith(str(anchor).rstrip("/") + "/")
+            if below:
+                safepath.mkdirs_beneath(anchor, safepath.relative_to(anchor, folder))
+            else:
+                folder.mkdir(parents=True, exist_ok=True)  # an explicit meta_dir elsewhere
+    except BaseException:
+        os.close(fd)
+        raise
+    return meta, fd, own
+
+
+def _extract_locked(  # noqa: PLR0917
+    archive: Path,
+    target: Path,
+    fmt: str | None,
+    limits: Limits,
+    workers: int | None,
+    progress: Progress | None,
+    paths: _Paths,
+    place: _Place,
+    *,
+    nested: bool,
+    digest: str | None,
+    delete_archive: bool,
+    cancel: threading.Event | None,
+    before_place: Callable[[], object] | None,
+) -> ExtractResult:
     identity = _identity(archive, digest)
-    with _flock(paths.lock, fcntl.LOCK_EX):
+    with _flock(paths.lock, fcntl.LOCK_EX, anchor=paths.anchor):
         data = read_marker(paths.marker)
         if _marker_valid(data, identity, nested, target):
             assert data is not None
@@ -479,13 +465,13 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
                 True,
                 paths.marker,
             )
-        with _flock(paths.placement, fcntl.LOCK_EX):
+        with _flock(paths.placement, fcntl.LOCK_EX, anchor=paths.anchor):
             journal = read_marker(paths.journal)
             if journal is not None:
-                _undo(paths, [str(o) for o in journal.get("outputs", [])])
+                _undo(place.target_fd, [str(o) for o in journal.get("outputs", [])])
             _remove(paths.journal)
             if data is not None:
-                _undo(paths, [str(o) for o in data.get("outputs", [])])
+                _undo(place.target_fd, [str(o) for o in data.get("outputs", [])])
         _remove(paths.marker)
         _clean_stale(paths)
         if not archive.is_file():
@@ -493,12 +479,14 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
         resolved = formats.resolve_format(archive, fmt)
         staging = paths.new_staging()
         staging.mkdir()
+        staging_fd = place.open(staging)
         writers_lock = _writers_lock(staging)
         try:
-            with _flock(writers_lock, fcntl.LOCK_SH):
-                counts = _extract_into(
+            with _flock(writers_lock, fcntl.LOCK_SH, anchor=paths.anchor):
+                counts, links = _extract_into(
                     archive=archive,
                     staging=staging,
+                    staging_fd=staging_fd,
                     fmt=resolved,
                     limits=limits,
                     workers=workers,
@@ -510,18 +498,26 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
                     before_place()
                 # Steps of other archives may be placing into the same target right now
                 # (two files of a job, both into "."): one placement at a time.
-                with _flock(paths.placement, fcntl.LOCK_EX):
+                with _flock(paths.placement, fcntl.LOCK_EX, anchor=paths.anchor):
+                    place.check(target)
                     moves = _plan_moves(staging, target)
-                    _write_json_atomic(paths.journal, {"version": MARKER_VERSION, "outputs": moves})
-                    for rel in moves:
-                        try:
-                            os.rename(staging / rel, target / rel)
-                        except OSError as exc:
-                            raise WriteFailed(
-                                f"cannot move {rel} into {target}: {exc.strerror}",
-                                path=str(target / rel),
-                            ) from None
+                    _write_json_atomic(
+                        paths.journal, {"version": MARKER_VERSION, "outputs": moves}, paths.anchor
+                    )
+                    _move_all(staging_fd, target, place.target_fd, moves)
                     _syncfs(target)
+                    base = safepath.relative_to(place.root, target)
+                    try:
+                        placement.check_links(
+                            place.root,
+                            place.links_meta,
+                            ("/".join(p for p in (base, rel) if p) for rel in links),
+                            paths.anchor,
+                        )
+                    except BaseException:
+                        _undo(place.target_fd, moves)
+                        _remove(paths.journal)
+                        raise
                     record = {
                         "version": MARKER_VERSION,
                         "archive": archive.name,
@@ -534,12 +530,14 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
                         "outputs": moves,
                         "finished": time.time(),
                     }
-                    _write_json_atomic(paths.marker, record)
+                    _write_json_atomic(paths.marker, record, paths.anchor)
                     _remove(paths.journal)
         except BaseException:
+            os.close(staging_fd)
             _remove(staging)
             _remove(writers_lock)
             raise
+        os.close(staging_fd)
         _remove(staging)
         _remove(writers_lock)
         if delete_archive:
@@ -557,18 +555,31 @@ def extract(  # noqa: PLR0917 - the documented contract takes these positionally
     )
 
 
+def _move_all(staging_fd: int, target: Path, target_fd: int, moves: list[str]) -> None:
+    try:
+        placement.move_into_place(staging_fd, target_fd, moves)
+    except OSError as exc:
+        rel = str(exc.filename)
+        raise WriteFailed(
+            f"cannot move {rel} into {target}: {exc.strerror}",
+            path=str(target / rel),
+        ) from None
+
+
 def _extract_into(
     *,
     archive: Path,
     staging: Path,
+    staging_fd: int,
     fmt: str,
     limits: Limits,
     workers: int | None,
     progress: Progress | None,
     nested: bool,
     cancel: threading.Event | None,
-) -> tuple[int, int, int]:
-    """Extract into ``staging``; returns (entries, files, bytes)."""
+) -> tuple[tuple[int, int, int], list[str]]:
+    """Extract into ``staging``; returns (entries, files, bytes) and the symlinks made
+    (relative to ``staging``)."""
     size = archive.stat().st_size
     throttle = Throttle(progress, size)
     throttle(0, force=True)
@@ -583,9 +594,14 @@ def _extract_into(
         mp = (ctx, array, lock)
     else:
         shared = _engine.local_shared()
+    if limits.reserve:
+        usage = os.statvfs(staging)
+        limits = dataclasses.replace(
+            limits, room=max(usage.f_bavail * usage.f_frsize - limits.reserve, 0)
+        )
     budget = Budget(limits, size, archive.name, shared, cancel)
-    writer = Writer(str(staging), budget, top=True)
-    runner: _Nested | None = None
+    writer = Writer(str(staging), budget, top=True, fd=os.dup(staging_fd))
+    runner: Nested | None = None
     raw_count: list[Callable[[], int]] = []
 
     def report() -> None:
@@ -595,7 +611,7 @@ def _extract_into(
             throttle(raw_count[0]())
 
     if nested and fmt in formats.CONTAINERS:
-        runner = _Nested(
+        runner = Nested(
             archive=archive,
             staging=staging,
             writer=writer,
@@ -620,32 +636,36 @@ def _extract_into(
                     else:
                         throttle(pos)
 
-                _engine.extract_tar_seekable(fd, 0, size, writer, on_pos=on_pos, inner=hook)
+                _readers.extract_tar_seekable(fd, 0, size, writer, on_pos=on_pos, inner=hook)
             elif fmt == "zip":
                 raw_count.append(raw.tell)
+                budget.input_pos = raw.tell
                 buffered = io.BufferedReader(cast(Any, raw), 1 << 16)
-                _engine.extract_zip(
+                _readers.extract_zip(
                     cast(IO[bytes], buffered), writer, lambda _i: throttle(raw.tell()), hook
                 )
             else:
                 counting = _engine.Counting(cast(IO[bytes], raw))
                 raw_count.append(lambda: counting.count)
+                budget.input_pos = raw_count[0]
                 writer.on_data = report
-                buffered = io.BufferedReader(counting, 1 << 20)
+                # Small reads: the ratio check compares output with the input consumed.
+                buffered = io.BufferedReader(counting, 1 << 16)
                 if fmt.startswith("tar."):
                     stream = formats.open_decompressed(cast(IO[bytes], buffered), fmt[4:])
-                    _engine.extract_tar_stream(stream, writer, report, hook)
+                    _readers.extract_tar_stream(stream, writer, report, hook)
                 else:
                     name = formats.output_name(archive.name, fmt)
                     if name.startswith(".acquired"):
                         raise ReservedName(f"{name!r} is a name the pipeline keeps for itself")
-                    _engine.extract_single(cast(IO[bytes], buffered), fmt, name, writer)
+                    _readers.extract_single(cast(IO[bytes], buffered), fmt, name, writer)
             if runner is not None:
                 runner.finish()
             writer.finish()
             budget.flush()
         failed = False
     finally:
+        writer.close()
         if runner is not None:
             runner.close(failed)
     links = list(writer.symlink_paths)
@@ -662,4 +682,4 @@ def _extract_into(
         raise CorruptArchive(f"{archive.name}: the archive holds no entries", path=str(archive))
     check_symlinks_resolve_inside(str(staging), links)
     throttle(size, force=True)
-    return entries, files, nbytes
+    return (entries, files, nbytes), [os.path.relpath(link, staging) for link in links]

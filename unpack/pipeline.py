@@ -15,12 +15,15 @@ label for ``acquirectl status`` (``verify``, ``extract val``, ``checksums SHA256
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+from acquired.common import safepath
 
 from .errors import ArchiveMissing, PathTraversal, UnpackError
 from .extract import ExtractResult, extract
@@ -30,6 +33,7 @@ from .layout import (
     LayoutResult,
     ListingSummary,
     check_counts,
+    default_listing_path,
     place_for_framework,
     sort_imagenet_val,
     write_listing,
@@ -156,6 +160,7 @@ def process_file(
     progress: StepProgress | None = None,
     cancel: threading.Event | None = None,
     meta_dir: Path | None = None,
+    data_root: Path | None = None,
 ) -> FileOutcome:
     """Verify a completed file and run its unpack steps.
 
@@ -166,6 +171,9 @@ def process_file(
     The archive is deleted after the *last* step if any step asks for it.
     If the archive is gone but every step's marker says done (a restart after the
     deletion), this returns those results without reading anything.
+    Nothing is written outside ``job_root`` (see :func:`.extract.extract`); with
+    ``data_root`` (a trusted folder above it) the job folder itself is opened beneath it,
+    so a destination swapped for a link is refused.
     """
     expected = {a.lower(): v.lower() for a, v in digests.items()}
     ident = identity(expected)
@@ -203,6 +211,8 @@ def process_file(
                         cancel=cancel,
                         meta_dir=meta_dir,
                         before_place=check.result if check is not None else None,
+                        root=job_root,
+                        base=data_root,
                     )
                 )
             except ArchiveMissing:
@@ -257,7 +267,7 @@ def finish_job(
         if isinstance(step, ImagenetValStep):
             done_layouts.append(
                 sort_imagenet_val(
-                    inside(job_root, step.images),
+                    _real_folder(job_root, step.images),
                     ground_truth=_opt(job_root, step.ground_truth),
                     synsets=_opt(job_root, step.synsets),
                     labels=_opt(job_root, step.labels),
@@ -287,8 +297,16 @@ def finish_job(
             )
     summaries = []
     for listing in listings:
-        root = inside(job_root, listing.root)
-        out = inside(job_root, listing.path) if listing.path else None
+        root = _real_folder(job_root, listing.root)
+        if listing.path:
+            out = inside(job_root, listing.path)
+        elif listing.root in (".", ""):
+            # Beside the folder would be outside the destination: keep it in its own
+            # bookkeeping folder instead.
+            out = job_root / ".acquired" / "listing.tsv"
+        else:
+            out = default_listing_path(root)
+        _real_folder(job_root, os.path.relpath(out.parent, job_root), create=True)
         summary = write_listing(
             root, out, fmt=listing.format, progress=_labelled(progress, f"listing {listing.root}")
         )
@@ -298,6 +316,16 @@ def finish_job(
         )
         summaries.append(summary)
     return JobOutcome(tuple(reports), tuple(done_layouts), tuple(summaries))
+
+
+def _real_folder(job_root: Path, rel: str, *, create: bool = False) -> Path:
+    """``job_root / rel`` once checked to be a real folder below the job folder: a link on
+    the way (planted after the files were placed) is refused with
+    :class:`~acquired.common.safepath.PathEscapes` rather than written through."""
+    path = inside(job_root, rel)
+    with contextlib.suppress(FileNotFoundError):
+        os.close(safepath.open_dir_beneath(job_root, rel, create=create))
+    return path
 
 
 def _opt(job_root: Path, rel: str | None) -> Path | None:

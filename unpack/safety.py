@@ -31,7 +31,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 
-from .errors import LinkEscape, PathTraversal, SpecialFile, TooLarge, TooManyEntries
+from .errors import DiskFull, LinkEscape, PathTraversal, SpecialFile, TooLarge, TooManyEntries
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,11 @@ class Limits:
 
     Bytes: ``max_bytes`` of file data at most, and at most ``max_ratio`` times the
     archive's size once past ``ratio_floor`` bytes (a 1 KB archive of a 1 MB file of zeros
-    is no threat). Entries (files, folders, links): ``max_entries`` at most, and at most
+    is no threat). The ratio is also checked *as the archive is read*: once past
+    ``ratio_floor``, output more than ``max_ratio`` times the compressed bytes read so far
+    stops the extraction there (a bomb is refused after ``ratio_floor`` bytes, not after
+    its whole budget). Output that would eat into ``reserve`` is a full disk.
+    Entries (files, folders, links): ``max_entries`` at most, and at most
     one per ``min_bytes_per_entry`` bytes of archive once past ``entries_floor`` — a tar
     spends at least 512 bytes on each entry, a compressed one seldom less than a few dozen,
     but a million empty files compress to about a megabyte. ImageNet's train archive
@@ -53,6 +57,11 @@ class Limits:
     max_entries: int | None = 20_000_000
     min_bytes_per_entry: int | None = 32
     entries_floor: int = 100_000
+    reserve: int = 0
+    """Bytes to keep free on the target's filesystem (the daemon's ``disk_reserve``)."""
+    room: int | None = None
+    """Bytes that may be written before free space falls to ``reserve``; measured when the
+    extraction starts (``None``: not measured)."""
 
     def allowed_bytes(self, archive_size: int) -> int | None:
         """The byte budget for an archive of ``archive_size`` bytes (``None``: unlimited)."""
@@ -88,6 +97,35 @@ def check_bytes(total: int, allowed: int | None, limits: Limits, name: str) -> N
             + (f" ({limits.max_ratio:g} times the archive)" if by_ratio else ""),
             limit=allowed,
             kind="ratio" if by_ratio else "absolute",
+            archive=name,
+        )
+
+
+def check_stream_ratio(written: int, consumed: int, limits: Limits, name: str) -> None:
+    """Raise :class:`TooLarge` when ``written`` bytes of output from ``consumed`` bytes of
+    archive read so far exceed ``max_ratio`` (past ``ratio_floor``)."""
+    if limits.max_ratio is None or written <= limits.ratio_floor:
+        return
+    if written > limits.max_ratio * max(consumed, 1):
+        raise TooLarge(
+            f"{name}: {written} bytes from the first {consumed} bytes of the archive — more "
+            f"than {limits.max_ratio:g} times; stopped early",
+            limit=int(limits.max_ratio * max(consumed, 1)),
+            kind="ratio",
+            archive=name,
+            written=written,
+            consumed=consumed,
+        )
+
+
+def check_room(total: int, limits: Limits, name: str) -> None:
+    """Raise :class:`DiskFull` when ``total`` bytes would eat into the disk reserve."""
+    if limits.room is not None and total > limits.room:
+        raise DiskFull(
+            f"{name}: extracting more than {limits.room} bytes would fall below the disk "
+            f"reserve ({limits.reserve} bytes)",
+            limit=limits.room,
+            reserve=limits.reserve,
             archive=name,
         )
 

@@ -123,10 +123,10 @@ class FilesKind:
         """Fetch the file from its mirrors on the HTTP runner."""
         avoid = (row.error or {}).get("details", {}).get("url") if row.error else None
         target = self.svc.target(row)
-        target.parent.mkdir(parents=True, exist_ok=True)
         request = FileRequest(
             urls=order_mirrors(mirrors, avoid),
             dest=target,
+            root=self.svc.config.data_root,
             size=spec.size,
             digests=spec.digests,
             resume=self.svc.store.load_checkpoint(row.id),
@@ -282,6 +282,7 @@ class FilesKind:
                 max_bytes=own.max_bytes if own and own.max_bytes else unpack.max_bytes,
                 max_ratio=own.max_ratio if own and own.max_ratio else unpack.max_ratio,
                 max_entries=own.max_entries if own and own.max_entries else unpack.max_entries,
+                reserve=self.svc.scheduler.disk.reserve,
             )
             steps.append(
                 UnpackStep(
@@ -301,6 +302,7 @@ class FilesKind:
             token,
             path,
             job_root=job_root,
+            data_root=self.svc.config.data_root,
             digests=spec.digests,
             steps=steps,
             workers=unpack.workers or None,

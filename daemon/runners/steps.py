@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
+from acquired.common import safepath
 from acquired.daemon.messages import JobStepProgress, JobStepsEnded, StepProgress, TransferEnded
 from acquired.daemon.runners import Post, StepHandle, spawn
 from acquired.sources.http.pip_mirrors import prefetch_wheels
@@ -28,6 +27,7 @@ class StepsRunner:
         path: Path,
         *,
         job_root: Path,
+        data_root: Path,
         digests: dict[str, str],
         steps: list[Any],
         workers: int | None,
@@ -44,10 +44,11 @@ class StepsRunner:
             try:
                 if place_from is not None:
                     progress("place", 0, 1)
-                    place(place_from, path)
+                    place(place_from, path, data_root)
                 outcome = process_file(
                     path,
                     job_root=job_root,
+                    data_root=data_root,
                     digests=digests,
                     steps=steps,
                     verified=True,
@@ -108,17 +109,8 @@ class StepsRunner:
         return handle, spawn(f"finish-{job_id}", work)
 
 
-def place(source: Path, target: Path) -> None:
+def place(source: Path, target: Path, root: Path) -> None:
     """Put a watched copy at ``target`` atomically: a hard link where the filesystem
-    allows it (no bytes copied), else a copy flushed to disk first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.watched")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, target)
-    target.with_name(target.name + ".part").unlink(missing_ok=True)
+    allows it (no bytes copied), else a copy flushed to disk first; never through a link
+    below ``root``."""
+    safepath.place_copy(source, root, safepath.relative_to(root, target))

@@ -18,6 +18,7 @@ segment worker). ``cancel()`` may be called from any thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -88,8 +89,11 @@ class HttpDownload:
         pool = self._mirror_pool()
         new_hasher(self.request.digests)  # UnsupportedDigest before any I/O
         part_path = self.request.part
-        part_size = part_path.stat().st_size if part_path.exists() else None
-        part = PartFile(part_path)
+        try:
+            part_size: int | None = os.lstat(part_path).st_size
+        except FileNotFoundError:
+            part_size = None
+        part = PartFile(part_path, root=self.request.root)
         try:
             state = self._prepare(part, part_size)
         except BaseException:

@@ -80,6 +80,10 @@ class FileRequest:
     """Expected digests, e.g. {"sha256": "ab12..."}; every one is verified."""
     resume: dict[str, Any] | None = None
     """The last ``Checkpoint.state`` the caller stored, if any."""
+    root: Path | None = None
+    """The folder nothing may leave (the data root): the ``.part`` and every folder from
+    here down to it are opened beneath it without following links. None: from the
+    ``.part``'s own folder down."""
 
     @property
     def part(self) -> Path:

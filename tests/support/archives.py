@@ -56,9 +56,13 @@ def write_tree(root: Path, files: Mapping[str, bytes]) -> None:
 
 
 def read_tree(root: Path) -> dict[str, bytes]:
-    """Every regular file below ``root`` (symlinks not followed), by relative name."""
+    """Every regular file below ``root`` (symlinks not followed), by relative name; the
+    pipeline's own bookkeeping (``.acquired/`` of an extraction into the destination
+    itself) is not part of the dataset and is left out."""
     out: dict[str, bytes] = {}
     for p in sorted(root.rglob("*")):
+        if p.relative_to(root).parts[0] == ".acquired":
+            continue
         if p.is_file() and not p.is_symlink():
             out[p.relative_to(root).as_posix()] = p.read_bytes()
     return out
@@ -382,3 +386,14 @@ def imagenet_val(folder: Path, images: int, classes: int, seed: int = 0) -> dict
     ]
     (folder / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     return {"val": val, "wnids": wnids, "expected": expected}
+
+
+def links_tar(
+    path: Path, links: Mapping[str, str], files: Mapping[str, bytes] | None = None
+) -> Path:
+    """A tar of symlinks (name -> target, in order) and then files."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (_link(name, target, tarfile.SYMTYPE), None) for name, target in links.items()
+    ]
+    members += [(_file_info(name, len(data)), data) for name, data in (files or {}).items()]
+    return write_tar_members(path, members)
