@@ -9,6 +9,9 @@ from pathlib import Path
 from support.daemon import DaemonProcess
 from support.http_server import HttpTestServer
 
+# A plain file stands where a folder must go: refused beneath the data root, not retried.
+CODE = "path.not_a_folder"
+
 
 def _manifest(files: dict[str, tuple[bytes, str]]) -> str:
     lines = ["manifest_version = 1", 'name = "mixed"', 'destination = "mixed"']
@@ -25,7 +28,7 @@ def _manifest(files: dict[str, tuple[bytes, str]]) -> str:
 
 def failures(d: DaemonProcess) -> list[dict[str, object]]:
     events = d.call({"cmd": "show", "job": "mixed"})["events"]
-    return [e for e in events if e["code"] == "os.error" and e["level"] == "error"]
+    return [e for e in events if e["code"] == CODE and e["level"] == "error"]
 
 
 def test_a_file_whose_folder_cannot_be_created_fails_alone(tmp_path: Path) -> None:
@@ -48,7 +51,7 @@ def test_a_file_whose_folder_cannot_be_created_fails_alone(tmp_path: Path) -> No
             states = {f["path"]: f["state"] for f in shown["files"]}
             assert states["blocked/bad.bin"] == "failed"
             error = next(f["error"] for f in shown["files"] if f["path"] == "blocked/bad.bin")
-            assert error["code"] == "os.error" and error["hint"]
+            assert error["code"] == CODE and error["hint"]
             assert d.call({"cmd": "ping"})["pid"] == d.proc.pid  # type: ignore[union-attr]
         # A restart with the failed row, then a retry of it: the daemon stays up.
         with d:

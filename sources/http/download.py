@@ -91,8 +91,8 @@ class HttpDownload:
         part_path = self.request.part
         try:
             part_size: int | None = os.lstat(part_path).st_size
-        except FileNotFoundError:
-            part_size = None
+        except (FileNotFoundError, NotADirectoryError):
+            part_size = None  # PartFile says why when a folder on the way is not one
         part = PartFile(part_path, root=self.request.root)
         try:
             state = self._prepare(part, part_size)
