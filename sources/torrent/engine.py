@@ -199,7 +199,7 @@ class TorrentEngine:
         flags |= lt.torrent_flags.duplicate_is_error
         wanted: dict[int, tuple[str, Path]] = {}
         if atp.ti is not None:
-            wanted = self._plan_files(atp, request)
+            wanted = plan_files(atp, request)
         else:
             # Magnet: nothing may download before we know which files are wanted.
             flags |= lt.torrent_flags.default_dont_download
@@ -261,31 +261,6 @@ class TorrentEngine:
             self.state_dir / "torrents",
             self.settings.fetch_timeout,
         )
-
-    def _plan_files(
-        self, atp: lt.add_torrent_params, request: TorrentRequest
-    ) -> dict[int, tuple[str, Path]]:
-        ti = atp.ti
-        assert ti is not None
-        files = torrent_files(ti)
-        wanted = map_files(files, request.files, Path(request.save_dir), ti.name())
-        previous = dict(atp.renamed_files)
-        renamed: dict[int, str] = {}
-        for index, (_, final) in wanted.items():
-            # A file finished before a restart already sits at its final path.
-            done = previous.get(index) == str(final) and final.exists()
-            renamed[index] = str(final) if done else str(final) + PART_SUFFIX
-            final.parent.mkdir(parents=True, exist_ok=True)
-        atp.renamed_files = renamed
-        layout = ti.layout()
-        atp.file_priorities = [4 if i in wanted else 0 for i in range(layout.num_files())]
-        if len(files) == 1:
-            atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *request.web_seeds]))
-        else:
-            atp.url_seeds = list(
-                dict.fromkeys([*atp.url_seeds, *(u for u in request.web_seeds if u.endswith("/"))])
-            )
-        return wanted
 
     def _entry(self, key: str) -> _Entry:
         with self._lock:
@@ -462,3 +437,29 @@ class TorrentEngine:
 
 
 __all__ = ["PART_SUFFIX", "TorrentEngine", "TorrentRequest", "TorrentStatus"]
+
+
+def plan_files(atp: lt.add_torrent_params, request: TorrentRequest) -> dict[int, tuple[str, Path]]:
+    """Map the wanted files of the torrent to their final paths (others at priority 0),
+    rename unfinished ones to their ``.part`` names and add the usable web seeds."""
+    ti = atp.ti
+    assert ti is not None
+    files = torrent_files(ti)
+    wanted = map_files(files, request.files, Path(request.save_dir), ti.name())
+    previous = dict(atp.renamed_files)
+    renamed: dict[int, str] = {}
+    for index, (_, final) in wanted.items():
+        # A file finished before a restart already sits at its final path.
+        done = previous.get(index) == str(final) and final.exists()
+        renamed[index] = str(final) if done else str(final) + PART_SUFFIX
+        final.parent.mkdir(parents=True, exist_ok=True)
+    atp.renamed_files = renamed
+    layout = ti.layout()
+    atp.file_priorities = [4 if i in wanted else 0 for i in range(layout.num_files())]
+    if len(files) == 1:
+        atp.url_seeds = list(dict.fromkeys([*atp.url_seeds, *request.web_seeds]))
+    else:
+        atp.url_seeds = list(
+            dict.fromkeys([*atp.url_seeds, *(u for u in request.web_seeds if u.endswith("/"))])
+        )
+    return wanted
