@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import MiB, Nginx, parse_size, sha256_file
 from support.daemon import DaemonProcess
+
+from common import MiB, Nginx, parse_size, sha256_file
 
 SIZE = parse_size(os.environ.get("BENCH_DAEMON_SIZE", "1G"))
 

@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import libtorrent as lt
-from common import MiB, free_port, parse_size, sha256_file
 from support.torrent_swarm import (
     LOOPBACK_SESSION,
     EventLog,
@@ -37,6 +36,7 @@ from acquired.sources.torrent import (
     TorrentFinished,
     TorrentRequest,
 )
+from common import MiB, free_port, parse_size, sha256_file
 
 
 def write_payload(path: Path, size: int) -> str:
