@@ -34,6 +34,7 @@ from common import Nginx
 OUT = HERE / "out" / "urllist"
 I2D_VENV = HERE / "out" / "img2dataset-venv"
 COUNT = int(os.environ.get("BENCH_URLLIST_IMAGES", "20000"))
+ALONE = int(os.environ.get("BENCH_URLLIST_ALONE", "100000"))
 SHARD = 2500
 PROCESSES = 2
 THREADS = 64
@@ -115,6 +116,7 @@ def make_corpus() -> tuple[Path, Path, dict[str, int]]:
 
 
 def children_cpu() -> float:
+    """CPU seconds (user + system) of every reaped descendant so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -128,6 +130,7 @@ def timed(cmd: list[str], log: Path) -> tuple[float, float, int]:
 
 
 def ensure_img2dataset() -> Path:
+    """The img2dataset executable of its own virtualenv (installed once from PyPI)."""
     exe = I2D_VENV / "bin" / "img2dataset"
     if not exe.exists():
         print("installing img2dataset into its own virtualenv (once)", flush=True)
@@ -136,7 +139,7 @@ def ensure_img2dataset() -> Path:
     return exe
 
 
-def run_acquired_child(urls: str, out: str, resize: str) -> None:
+def run_acquired_child(urls: str, out: str, resize: str, exact: bool = True) -> None:
     """In a child process: the whole job through ShardPool; prints a JSON summary."""
     from acquired.sources.urllist.pool import ShardPool
     from acquired.sources.urllist.readers import plan_shards
@@ -150,7 +153,7 @@ def run_acquired_child(urls: str, out: str, resize: str) -> None:
     )
     from acquired.sources.urllist.worker import ShardTask
 
-    dedupe = DedupeSettings(exact=True, perceptual=False)
+    dedupe = DedupeSettings(exact=exact, perceptual=False)
     settings = UrlListSettings(
         # One loopback host: the per-host cap is the whole concurrency, as in img2dataset.
         fetch=FetchSettings(
@@ -180,6 +183,7 @@ def run_acquired_child(urls: str, out: str, resize: str) -> None:
 
 
 def check_acquired(out: Path, rows: int) -> dict[str, int]:
+    """Every row in a parquet, tar members = ok rows, stats present; counts by status."""
     import pyarrow.parquet as pq
 
     statuses: dict[str, int] = {}
@@ -199,6 +203,7 @@ def check_acquired(out: Path, rows: int) -> dict[str, int]:
 
 
 def check_img2dataset(out: Path, rows: int) -> dict[str, int]:
+    """Every row in a parquet, tar members = successes; counts by status."""
     import pyarrow.parquet as pq
 
     statuses: dict[str, int] = {}
@@ -217,8 +222,9 @@ def check_img2dataset(out: Path, rows: int) -> dict[str, int]:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--acquired-child":
-        run_acquired_child(sys.argv[2], sys.argv[3], sys.argv[4])
+    """Run the comparison (or, with --acquired-child, one acquired job)."""
+    if len(sys.argv) >= 5 and sys.argv[1] == "--acquired-child":
+        run_acquired_child(sys.argv[2], sys.argv[3], sys.argv[4], exact=len(sys.argv) == 5)
         return
     data, listing, expect = make_corpus()
     paths = json.loads(listing.read_text())["paths"]
@@ -279,6 +285,8 @@ def main() -> None:
                     f"{rows / wall:8.0f} samples/s {rows / cpu:8.0f} samples/CPU-s  {statuses}",
                     flush=True,
                 )
+        if ALONE:
+            alone = run_alone(nginx, paths)
     finally:
         nginx.stop()
     print("\n| resize | tool | samples/s | samples/CPU-s | outcome |")
@@ -290,7 +298,35 @@ def main() -> None:
             print(f"| {mode} | {tool} | {rows / w:,.0f} | {rows / c:,.0f} | {s} |")
         (wi, ci, _), (wa, ca, _) = by[("img2dataset", mode)], by[("acquired", mode)]
         print(f"| {mode} | ratio acquired/img2dataset | {wi / wa:.2f}x | {ci / ca:.2f}x | |")
+    if ALONE:
+        print(alone)
     print(f"load average at the end: {os.getloadavg()} (2 cores shared with other work)")
+
+
+def run_alone(nginx: Nginx, paths: list[str]) -> str:
+    """acquired alone on ALONE URLs: the list repeated with a query string per copy (exact
+    dedupe off, since the copies are the same bytes)."""
+    urls = OUT / f"urls-{ALONE}.txt"
+    with urls.open("w") as f:
+        for i in range(ALONE):
+            copy, index = divmod(i, len(paths))
+            f.write(f"{nginx.url('img', paths[index])}?copy={copy}\n")
+    out = OUT / "run-acquired-alone"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    out.mkdir(parents=True)
+    log = OUT / "run-acquired-alone.log"
+    cmd = [sys.executable, __file__, "--acquired-child", str(urls), str(out), "no", "noexact"]
+    wall, cpu, rc = timed(cmd, log)
+    if rc != 0:
+        raise SystemExit(f"acquired failed (exit {rc}); see {log}")
+    statuses = check_acquired(out, ALONE)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e9
+    return (
+        f"acquired alone, {ALONE:,} URLs, no resize: {ALONE / wall:,.0f} samples/s, "
+        f"{ALONE / cpu:,.0f} samples/CPU-s, largest process peak RSS {rss:.0f} MB, "
+        f"output {size:.2f} GB, {statuses}"
+    )
 
 
 if __name__ == "__main__":
