@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv
+APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv redis-server
 BENCH_APT_PACKAGES := nginx-light aria2 curl wget transmission-cli
 
 .PHONY: setup system-deps run test systest lint format bench install clean

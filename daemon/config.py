@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
 )
 
+from .cluster_config import ClusterSettings
 from .errors import DaemonError
 from .units import (
     Bool,
@@ -293,6 +294,7 @@ class Config(_Strict):
     torrent: TorrentSettings = Field(default_factory=TorrentSettings)
     unpack: UnpackSettings = Field(default_factory=UnpackSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    cluster: ClusterSettings | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -359,6 +361,7 @@ class Config(_Strict):
                 "state_dir": fix(self.state_dir),
                 "runtime_dir": fix(self.runtime_dir),
                 "unpack": unpack,
+                "cluster": self.cluster.resolved(base) if self.cluster else None,
             }
         )
 

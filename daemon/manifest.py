@@ -52,13 +52,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from .config import Rate, Size
 from .errors import DaemonError
+from .manifest_urllist import UrllistSpec, kind_schema, urllist_cross_check
 from .units import Bool, Int, describe_validation_error, parse_host_port
 
 __all__ = [
@@ -634,8 +637,14 @@ def _version(value: object) -> object:
 class Manifest(_Strict):
     """A dataset: its name (the job id), destination under the data root, and files."""
 
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, json_schema_extra=kind_schema
+    )
+
     manifest_version: Annotated[Literal[1], BeforeValidator(_version)]
     """Always 1."""
+    kind: Literal["files", "urllist"] = "files"
+    """files: the files listed; urllist: a list of URLs fetched into shards ([urllist])."""
     name: Annotated[str, BeforeValidator(_name)]
     """The job id: letters, digits, '.', '_', '-' (at most 128, starting alphanumeric)."""
     description: str = ""
@@ -646,8 +655,11 @@ class Manifest(_Strict):
     """Default parallel HTTP connections for this dataset's files."""
     bandwidth_limit: Rate | None = Field(default=None, ge=0)
     """Rate limit for this job in bytes/s ("20M" accepted); 0 or absent: none."""
-    files: list[FileSpec] = Field(min_length=1)
-    """The files of the dataset."""
+    files: list[FileSpec] = Field(default_factory=list)
+    """The files of the dataset (at least one for kind "files"; for kind "urllist", the
+    URL list itself, fetched and verified first)."""
+    urllist: UrllistSpec | None = None
+    """A URL-list job's input, shards, filters, resizing and deduplication."""
     pip: PipSpec | None = None
     """Python wheels to fetch alongside."""
     checksums: list[ChecksumsSpec] = Field(default_factory=list)
@@ -656,6 +668,15 @@ class Manifest(_Strict):
     """Layouts made once every file is done, in this order."""
     listing: list[ListingSpec] = Field(default_factory=list)
     """Listings written (and counts checked) last."""
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A files job dumps as it did before kinds existed: same stored JSON, same digest.
+        data: dict[str, Any] = handler(self)
+        if self.kind == "files" and self.urllist is None:
+            data.pop("kind", None)
+            data.pop("urllist", None)
+        return data
 
     @property
     def has_job_steps(self) -> bool:
@@ -669,6 +690,8 @@ class Manifest(_Strict):
         for i, f in enumerate(self.files):
             out.append((f"files[{i}].path", f.path))
             out += [(f"files[{i}].unpack[{j}].into", u.into) for j, u in enumerate(f.unpack)]
+        if self.urllist is not None:
+            out.append(("urllist.input", self.urllist.input))
         if self.pip is not None:
             out.append(("pip.target", self.pip.target))
         for i, c in enumerate(self.checksums):
@@ -713,7 +736,7 @@ class Manifest(_Strict):
 
 
 def _cross_check(m: Manifest) -> list[tuple[str, str]]:
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[str, str]] = urllist_cross_check(m.kind, m.urllist, len(m.files))
     seen: dict[str, int] = {}
     for i, f in enumerate(m.files):
         if f.path in seen:

@@ -498,7 +498,11 @@ def test_digest_changes_with_content() -> None:
 def test_schema() -> None:
     schema = manifest_schema()
     assert schema["type"] == "object"
-    assert set(schema["required"]) == {"manifest_version", "name", "destination", "files"}
+    # [[files]] is required unless kind = "urllist" (then [urllist] is): see allOf.
+    assert set(schema["required"]) == {"manifest_version", "name", "destination"}
+    [rule] = schema["allOf"]
+    assert rule["then"] == {"required": ["urllist"]}
+    assert rule["else"]["required"] == ["files"]
     assert schema["additionalProperties"] is False
     assert "FileSpec" in schema["$defs"]
     json.dumps(schema)  # printable as is by `acquirectl schema`
