@@ -32,6 +32,7 @@ from acquired.daemon.jobcache import ManifestCache
 from acquired.daemon.jobsteps import JobSteps
 from acquired.daemon.kinds import JobKind
 from acquired.daemon.kinds.files import FilesKind
+from acquired.daemon.kinds.urllist import UrllistKind
 from acquired.daemon.lifecycle import (
     STRICT,
     Effect,
@@ -129,7 +130,8 @@ class Service:
         self.intake = IntakeWorker(config.data_root, self.manifests_dir, self.post)
         self.scheduler = Scheduler(self)
         self.files = FilesKind(self)
-        self.kinds: dict[str, JobKind] = {self.files.name: self.files}
+        self.urllist = UrllistKind(self)
+        self.kinds: dict[str, JobKind] = {self.files.name: self.files, "urllist": self.urllist}
         self.torrent = TorrentFlow(self)
         self.outcomes = Outcomes(self)
         self.jobsteps = JobSteps(self)
@@ -229,6 +231,7 @@ class Service:
             self._guarded("intake", self.desk.tick)
             self._guarded("disk", self.scheduler.check_disk)
             self._guarded("schedule", self.scheduler.schedule)
+            self._guarded("urllist", self.urllist.tick)
             self._guarded("status", self._publish_status)
 
     def _guarded(self, what: str, tick: Callable[..., None], *args: Any, **kwargs: Any) -> None:
@@ -258,6 +261,7 @@ class Service:
             handle.cancel()
         waits = [a.thread for a in self.active.values() if a.thread is not None]
         waits += [t for _, _, t, _ in self.jobsteps.finishing.values()]
+        waits += self.urllist.shutdown()
         deadline = time.monotonic() + 10
         for w in waits:
             left = max(deadline - time.monotonic(), 0.1)
@@ -313,6 +317,7 @@ class Service:
             token, handle, _, _ = self.jobsteps.finishing.pop(job_id)
             handle.cancel()
             self.scheduler.draining.setdefault(job_id, set()).add(token)
+        self.urllist.drop(job_id)
         carried = self.store.carry_over(job_id)
         self.store.delete_job(job_id)
         self.manifests.drop(job_id)

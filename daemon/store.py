@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from acquired.daemon import shardstore
 from acquired.daemon.lifecycle import Event, decide, sources_of
 
 # Each entry moves the schema from version i to i + 1. Never edit a released entry:
@@ -229,11 +230,16 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            shardstore.migrate(self._db)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
+
+    def work_queue(self) -> shardstore.SqliteWorkQueue:
+        """The URL-list work queue on this store's connection (the state thread's)."""
+        return shardstore.SqliteWorkQueue(self._db)
 
     @property
     def schema_version(self) -> int:

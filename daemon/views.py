@@ -75,6 +75,7 @@ class Views:
                     "source": ", ".join(sorted({a.source for a in mine})) or None,
                     "reason": self.job_reason(job.id, totals.counts),
                     "warnings": job.warnings,
+                    **self.svc.urllist.view(job),
                 }
             )
         counts = self.svc.store.state_counts()
@@ -174,6 +175,7 @@ class Views:
             "files_total": totals.files_total,
             "files": files,
             "events": self.svc.store.recent_events(limit=30, job_id=job_id),
+            **self.svc.urllist.view(job),
         }
 
     def doctor(self) -> dict[str, Any]:
@@ -209,6 +211,8 @@ class Views:
                     reason = {"pause": "paused by user", "cancel": "cancelled by user"}.get(cmd)
                     self.svc.move(row.id, COMMAND_EVENTS[cmd], reason=reason)
                 changed += 1
+        if cmd in ("pause", "resume") and self.svc.urllist.set_paused(job_id, cmd == "pause"):
+            changed += 1
         job = self.svc.store.get_job(job_id)
         if cmd == "retry" and job is not None and job.finish == "failed":
             self.svc.store.set_finish(job_id, "pending")
@@ -232,6 +236,8 @@ class Views:
                 LOG.warning("test fault: the state thread stops responding")
                 while True:
                     time.sleep(3600)
+            if (answer := self.svc.urllist.answer(payload)) is not None:
+                return answer
             raise UnknownCommand(f"unknown command '{cmd}'")
         except (DaemonError, ManifestError) as exc:
             return error_reply(describe(exc))
