@@ -26,7 +26,7 @@ from acquired.daemon.tui import render_status
 from acquired.daemon.units import format_bytes
 
 SYSTEM_CONFIG = Path("/etc/acquired/acquired.toml")
-COMMAND_FAMILIES = ("mirrors", "doctor", "top", "logs")
+COMMAND_FAMILIES = ("mirrors", "doctor", "top", "logs", "urllist")
 
 
 def default_socket() -> Path:

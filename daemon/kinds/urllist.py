@@ -194,6 +194,9 @@ class UrllistKind:
         )
         path = self.svc.store.path
         runner = UrllistRunner(rs, lambda: open_queue(path), self.svc.post, self._disk, make_pool)
+        from acquired.daemon.runners.urllist_pool import start_forkserver
+
+        start_forkserver()
         run.runner, run.phase = runner, "running"
         self.svc.store.set_finish(job.id, "running")
         runner.start()

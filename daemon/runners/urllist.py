@@ -24,7 +24,7 @@ from acquired.daemon.runners import Post
 from acquired.daemon.urllist_messages import UrllistEnded, UrllistReport, UrllistShardEnded
 from acquired.daemon.workqueue import FailedSample, Lease, LeaseLost, ShardSummary, WorkQueue
 from acquired.sources.urllist.settings import InputSettings, UrlListSettings
-from acquired.sources.urllist.shards import shard_name
+from acquired.sources.urllist.shards import remove_temporaries, shard_name
 
 LOG = logging.getLogger("acquired.urllist")
 
@@ -135,6 +135,12 @@ class UrllistRunner:
     def _run(self) -> bool:
         s = self.s
         queue = self._open_queue()
+        # No worker of this job runs yet (those of a killed daemon died with it): what a
+        # shard left half-written goes before the shard is redone.
+        s.out_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_temporaries(s.out_dir)
+        if removed:
+            LOG.info("[%s] removed %d unfinished shard file(s)", s.job, removed)
         pool = self._pool_factory(s)
         inflight: dict[int, _InFlight] = {}
         rate = _Rate()

@@ -5,12 +5,22 @@ to the queue and ends the processes (a redone shard writes the same files)."""
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 from concurrent.futures import Future
+from multiprocessing import forkserver
 from typing import Any
 
 from acquired.sources.urllist.pool import ShardPool
+
+
+def start_forkserver() -> None:
+    """Start the forkserver from the calling thread (the state thread: the kernel ties the
+    forkserver's life to the thread that started it), preloaded with
+    ``urllist_child``; a no-op while it runs."""
+    multiprocessing.set_forkserver_preload(["acquired.daemon.runners.urllist_child"])
+    forkserver.ensure_running()
 
 
 class JobPool:

@@ -102,11 +102,12 @@ def manifest(name: str, input_name: str, *, fmt: str, shard_size: int = 16, **ex
         "[urllist]",
         f'input = "{input_name}"',
         f"shard_size = {shard_size}",
-        "timeout = 5",
+        "timeout = 30",
         "retries = 0",
     ]
     if fmt != "txt":
         lines += ['url_column = "url"', 'caption_column = "caption"', 'keep_columns = ["n"]']
+    extra.setdefault("per_host_connections", 4)
     for key, value in extra.items():
         lines.append(f"{key} = {json.dumps(value)}")
     lines += [
