@@ -118,3 +118,21 @@ def test_tables() -> None:
         [{"row": 3, "url": "https://u:secret@h/x.jpg", "class": "timeout", "message": "m"}]
     )
     assert "1 failed sample(s): timeout 1" in text and "secret" not in text
+
+
+def test_prometheus_gauges_from_a_report() -> None:
+    from acquired.daemon.metrics import Metrics
+    from acquired.daemon.urllist_messages import UrllistReport
+    from acquired.daemon.urllist_metrics import UrllistMetrics
+
+    metrics = Metrics()
+    gauges = UrllistMetrics(metrics.registry)
+    gauges.update(
+        UrllistReport(
+            "laion", 1, {"done": 3, "queued": 2}, {"ok": 90, "timeout": 4}, 1000, samples_per_s=12.5
+        )
+    )
+    text = metrics.render().decode()
+    assert 'acquired_urllist_samples{job="laion",status="ok"} 90.0' in text
+    assert 'acquired_urllist_shards{job="laion",state="queued"} 2.0' in text
+    assert 'acquired_urllist_samples_per_second{job="laion"} 12.5' in text

@@ -40,6 +40,7 @@ from acquired.daemon.urllist_messages import (
     UrllistReport,
     UrllistShardEnded,
 )
+from acquired.daemon.urllist_metrics import UrllistMetrics
 from acquired.daemon.urllist_view import commands, job_view
 from acquired.daemon.workqueue import QueueJob, WorkQueue
 
@@ -70,6 +71,7 @@ class UrllistKind:
         self.svc = svc
         self.runs: dict[str, JobRun] = {}
         self._rows: dict[str, int | None] = {}
+        self.metrics = UrllistMetrics(svc.metrics.registry)
         # The state thread's queue shares the store's connection: short calls only
         # (retry_failed, failures pages, counts for finished jobs).
         self.queue: WorkQueue = svc.store.work_queue()
@@ -212,6 +214,7 @@ class UrllistKind:
             return
         before = run.report.hold if run.report is not None else None
         run.report = m
+        self.metrics.update(m)
         if m.hold != before:
             if m.hold is not None:
                 self.svc.event("warning", f"not claiming shards: {m.hold}", job_id=m.job_id)
