@@ -231,7 +231,6 @@ class Service:
             self._guarded("intake", self.desk.tick)
             self._guarded("disk", self.scheduler.check_disk)
             self._guarded("schedule", self.scheduler.schedule)
-            self._guarded("urllist", self.urllist.tick)
             self._guarded("status", self._publish_status)
 
     def _guarded(self, what: str, tick: Callable[..., None], *args: Any, **kwargs: Any) -> None:

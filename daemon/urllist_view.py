@@ -73,6 +73,8 @@ def job_view(kind: UrllistKind, job: JobRow, run: JobRun | None) -> dict[str, An
     """Fields replacing or adding to a job's entry in status and show."""
     rows = kind.total_rows(job.id)
     report = run.report if run is not None else None
+    if run is None and kind.svc.config.cluster is not None:
+        report = kind.final.get(job.id)
     if report is not None:
         fig = figures(
             report.samples,
@@ -89,7 +91,7 @@ def job_view(kind: UrllistKind, job: JobRow, run: JobRun | None) -> dict[str, An
     else:
         counts = kind.queue.counts(job.id)
         fig = figures(dict(counts.samples), dict(counts.shards), counts.bytes, rows=rows)
-    hold = report.hold if report is not None else None
+    hold = report.hold if report is not None and run is not None else None
     out: dict[str, Any] = {"kind": "urllist", "urllist": fig}
     if run is not None:
         out["state"] = "paused" if hold else {"running": "fetching"}.get(run.phase, run.phase)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +55,8 @@ class JobRun:
     """The state thread's record of one URL-list job past its files."""
 
     token: int
-    phase: str = "planning"  # planning | publishing | running
+    phase: str = "planning"  # planning | running
     plan: Plan | None = None
-    slices: list[Any] = field(default_factory=list)
     runner: UrllistRunner | None = None
     report: UrllistReport | None = None
 
@@ -71,6 +70,9 @@ class UrllistKind:
         self.svc = svc
         self.runs: dict[str, JobRun] = {}
         self._rows: dict[str, int | None] = {}
+        # The last report of each job whose runner ended (a fleet's counters are in
+        # Redis, not in the store: status shows these until the job runs again).
+        self.final: dict[str, UrllistReport] = {}
         self.metrics = UrllistMetrics(svc.metrics.registry)
         # The state thread's queue shares the store's connection: short calls only
         # (retry_failed, failures pages, counts for finished jobs).
@@ -121,11 +123,26 @@ class UrllistKind:
             self._run(job, manifest, run)
             return
         spec, post, token = manifest.urllist, self.svc.post, run.token
+        open_queue, digest = self.open_queue, job.manifest_digest
 
         def plan() -> None:
+            # Off the state thread: the streaming pass, then the shards published in
+            # slices (each a short transaction or a few round trips) on its own queue.
             try:
                 path = locate_input(job_root, spec, job.id)
-                post(UrllistPlanned(job.id, token, make_plan(job.id, path, spec)))
+                plan = make_plan(job.id, path, spec)
+                queue = open_queue()
+                try:
+                    slices = in_slices(plan.shards)
+                    for i, piece in enumerate(slices):
+                        final = i == len(slices) - 1
+                        queue.publish(QueueJob(job.id, digest), piece, final=final)
+                finally:
+                    close = getattr(queue, "close", None)
+                    if close is not None:
+                        close()
+                save_offsets(folder, job.id, plan)
+                post(UrllistPlanned(job.id, token, plan))
             except BaseException as exc:
                 post(UrllistPlanned(job.id, token, error=exc))
 
@@ -145,36 +162,16 @@ class UrllistKind:
         if m.error is not None:
             self._fail(m.job_id, m.error)
             return
-        run.plan, run.phase = m.plan, "publishing"
-        run.slices = in_slices(m.plan.shards)
+        run.plan = m.plan
+        self._rows.pop(m.job_id, None)
         self.svc.event(
             "info",
-            f"{m.plan.rows} rows in {len(m.plan.shards)} shard(s); publishing",
+            f"{m.plan.rows} rows in {len(m.plan.shards)} shard(s) published",
             job_id=m.job_id,
         )
-
-    def tick(self) -> None:
-        """Publish one slice of each planning job's shards (a few ms each)."""
-        for job_id, run in list(self.runs.items()):
-            if run.phase != "publishing" or run.plan is None:
-                continue
-            job = self.svc.store.get_job(job_id)
-            if job is None:
-                self.runs.pop(job_id, None)
-                continue
-            piece = run.slices.pop(0)
-            final = not run.slices
-            try:
-                self.queue.publish(QueueJob(job_id, job.manifest_digest), piece, final=final)
-            except Exception as exc:
-                self._fail(job_id, exc)
-                continue
-            if final:
-                save_offsets(self.plans_dir, job_id, run.plan)
-                self._rows.pop(job_id, None)
-                manifest = self.svc.manifests.get(job)
-                if manifest is not None:
-                    self._run(job, manifest, run)
+        manifest = self.svc.manifests.get(job)
+        if manifest is not None:
+            self._run(job, manifest, run)
 
     def _run(self, job: JobRow, manifest: Manifest, run: JobRun) -> None:
         spec = manifest.urllist
@@ -194,8 +191,7 @@ class UrllistKind:
             quota=spec.max_bytes_on_disk,
             index_path=self.plans_dir / f"{job.id}.dedupe",
         )
-        path = self.svc.store.path
-        runner = UrllistRunner(rs, lambda: open_queue(path), self.svc.post, self._disk, make_pool)
+        runner = UrllistRunner(rs, self.open_queue, self.svc.post, self._disk, make_pool)
         from acquired.daemon.runners.urllist_pool import start_forkserver
 
         start_forkserver()
@@ -203,6 +199,16 @@ class UrllistKind:
         self.svc.store.set_finish(job.id, "running")
         runner.start()
         self.svc.event("info", f"fetching shards with {rs.workers} worker(s)", job_id=job.id)
+
+    def open_queue(self) -> WorkQueue:
+        """A work queue of its own for a planner or runner thread: a connection to the
+        store's database, or to the fleet's Redis with ``[cluster]``."""
+        cluster = self.svc.config.cluster
+        if cluster is not None:
+            from acquired.daemon.redisqueue import connect_cluster
+
+            return connect_cluster(cluster)
+        return open_queue(self.svc.store.path)
 
     def _disk(self) -> tuple[int, int]:
         disk = self.svc.scheduler.disk
@@ -243,16 +249,18 @@ class UrllistKind:
         if run is None or run.token != m.token:
             return
         del self.runs[m.job_id]
+        if run.report is not None:
+            self.final[m.job_id] = run.report
         if self.svc.stopping:
             return
         if m.error is not None:
             self._fail(m.job_id, m.error)
         elif m.finished:
             self.svc.store.set_finish(m.job_id, "done")
-            counts = self.queue.counts(m.job_id)
-            ok = counts.samples.get("ok", 0)
+            samples = run.report.samples if run.report is not None else {}
+            ok = samples.get("ok", 0)
             self.svc.event(
-                "info", f"done: {ok}/{sum(counts.samples.values())} samples ok", job_id=m.job_id
+                "info", f"done: {ok}/{sum(samples.values())} samples ok", job_id=m.job_id
             )
 
     def _fail(self, job_id: str, exc: BaseException) -> None:
@@ -298,6 +306,7 @@ class UrllistKind:
         with contextlib.suppress(Exception):
             self.queue.remove(job_id)
         self._rows.pop(job_id, None)
+        self.final.pop(job_id, None)
         for suffix in (".plan.json", ".dedupe"):
             (self.plans_dir / f"{job_id}{suffix}").unlink(missing_ok=True)
 
