@@ -156,6 +156,11 @@ def test_quota_pauses_the_job_with_its_reason(tmp_path: Path) -> None:
             d.drop("q.toml", uj.manifest("q", name, fmt="txt", max_bytes_on_disk="1000"))
             job = d.wait_job("q", "paused", timeout=90)
             show = d.call({"cmd": "show", "job": "q"})
+            # The operator's pause wins over the quota; resume leaves the quota's hold.
+            d.ctl("pause", "q", check=True)
+            d.wait_for(lambda: "paused by user" in (d.job("q") or {}).get("reason", ""), 30)
+            d.ctl("resume", "q", check=True)
+            d.wait_for(lambda: "quota reached" in (d.job("q") or {}).get("reason", ""), 30)
     assert "quota reached" in job["reason"] and "max_bytes_on_disk 1000" in job["reason"]
     fig = show["urllist"]
     assert fig["shards_done"] < fig["shards_total"]
