@@ -1,15 +1,23 @@
-"""The whole daemon against ``curl -o``: one file from nginx on loopback, from the moment
-its manifest lands in the inbox to a verified file in place, in the same run as curl
-fetching the same file. Prints each as a throughput ratio to curl.
+"""The whole daemon against curl on many small files: a manifest of 1,000, 5,000 and
+20,000 files of 8-64 KB served by nginx on loopback, from the moment the manifest lands
+in the inbox to every file verified in place, against ``curl -Z --parallel-max 64``
+fetching the same files from the same server in the same run. Prints files/s for each
+and the ratio (above 1: the daemon is faster), so the cost per file is seen to stay flat.
 
-Environment: BENCH_DAEMON_SIZE (default 1G), BENCH_DAEMON_DIR (work folder; default a
-temporary one under /var/tmp). A quick check: ``BENCH_DAEMON_SIZE=128M``.
+The daemon runs with the embedded default configuration (only the folders, the log
+level and a zero disk reserve are set).
+
+Environment: BENCH_DAEMON_COUNTS (default "1000,5000,20000"), BENCH_DAEMON_DIR (work
+folder; default a temporary one under /var/tmp), BENCH_DAEMON_TIMEOUT (seconds per
+daemon run, default 1800). A quick check: ``BENCH_DAEMON_COUNTS=500``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -22,58 +30,92 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.daemon import DaemonProcess
 
-from common import MiB, Nginx, parse_size, sha256_file
+from common import Nginx
 
-SIZE = parse_size(os.environ.get("BENCH_DAEMON_SIZE", "1G"))
-
-
-def make_data(path: Path, size: int) -> str:
-    """Incompressible data (so nothing on the way can shortcut it); returns its sha256."""
-    h = hashlib.sha256()
-    block = os.urandom(4 * MiB)
-    with path.open("wb") as f:
-        for i in range(0, size, len(block)):
-            chunk = i.to_bytes(8, "little") + block[8 : min(len(block), size - i)]
-            f.write(chunk)
-            h.update(chunk)
-    return h.hexdigest()
+COUNTS = [int(n) for n in os.environ.get("BENCH_DAEMON_COUNTS", "1000,5000,20000").split(",")]
+TIMEOUT = float(os.environ.get("BENCH_DAEMON_TIMEOUT", "1800"))
 
 
-def drop_caches_of(path: Path) -> None:
-    """Forget a file's pages so that each contender writes to a cold target."""
-    path.unlink(missing_ok=True)
-    subprocess.run(["sync"], check=False)
+def make_files(folder: Path, n: int) -> list[tuple[str, int, str]]:
+    """``n`` files of 8-64 KB (distinct contents); returns (name, size, sha256) of each."""
+    rng = random.Random(7)
+    block = os.urandom(1 << 20)
+    out = []
+    for i in range(n):
+        size = rng.randint(8 << 10, 64 << 10)
+        start = rng.randrange(0, len(block) - size)
+        data = i.to_bytes(8, "little") + block[start + 8 : start + size]
+        name = f"f{i:06d}.bin"
+        (folder / name).write_bytes(data)
+        out.append((name, size, hashlib.sha256(data).hexdigest()))
+    return out
 
 
-def run_curl(url: str, out: Path) -> float:
-    drop_caches_of(out)
-    t0 = time.monotonic()
-    subprocess.run(["curl", "-sS", "--fail", "-o", str(out), url], check=True)
-    return time.monotonic() - t0
-
-
-def run_daemon(work: Path, url: str, digest: str, connections: int) -> float:
-    root = work / f"daemon-{connections}"
-    shutil.rmtree(root, ignore_errors=True)
-    text = (
-        f'manifest_version = 1\nname = "bench"\ndestination = "bench"\n\n[[files]]\n'
-        f'path = "data.bin"\nsize = {SIZE}\nsha256 = "{digest}"\n'
-        f'sources.mirrors = ["{url}"]\n'
+def run_curl(nginx: Nginx, files: list[tuple[str, int, str]], out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    config = out.parent / "curl.cfg"
+    config.write_text(
+        "".join(
+            f'url = "{nginx.url("local", name)}"\noutput = "{out / name}"\n' for name, _, _ in files
+        )
     )
-    with DaemonProcess(root, log_level="info", http={"connections_per_file": connections}) as d:
-        subprocess.run(["sync"], check=False)
+    t0 = time.monotonic()
+    subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--no-progress-meter",
+            "--fail",
+            "-Z",
+            "--parallel-max",
+            "64",
+            "-K",
+            str(config),
+        ],
+        check=True,
+    )
+    seconds = time.monotonic() - t0
+    for name, size, _ in files[:: max(len(files) // 50, 1)]:
+        if (out / name).stat().st_size != size:
+            raise SystemExit(f"curl's {name} has the wrong size")
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def run_daemon(work: Path, nginx: Nginx, files: list[tuple[str, int, str]]) -> float:
+    root = work / f"daemon-{len(files)}"
+    shutil.rmtree(root, ignore_errors=True)
+    manifest = {
+        "manifest_version": 1,
+        "name": "small",
+        "destination": "small",
+        "files": [
+            {
+                "path": name,
+                "size": size,
+                "sha256": digest,
+                "sources": {"mirrors": [nginx.url("local", name)]},
+            }
+            for name, size, digest in files
+        ],
+    }
+    with DaemonProcess(root, log_level="info") as d:
         t0 = time.monotonic()
-        d.drop("bench.toml", text)
+        d.drop("small.json", json.dumps(manifest))
         while True:
-            job = d.job("bench")
+            job = d.job("small")
             if job is not None and job["state"] == "done":
                 break
             if job is not None and job["state"] == "failed":
-                raise SystemExit(f"the daemon failed: {d.call({'cmd': 'show', 'job': 'bench'})}")
-            time.sleep(0.01)
+                raise SystemExit(f"the daemon failed: {d.call({'cmd': 'show', 'job': 'small'})}")
+            if time.monotonic() - t0 > TIMEOUT:
+                raise SystemExit(f"the daemon took over {TIMEOUT:.0f} s; last status: {job}")
+            time.sleep(0.2)
         seconds = time.monotonic() - t0
-        if sha256_file(d.data / "bench/data.bin") != digest:
-            raise SystemExit("the daemon's file has the wrong digest")
+        for name, size, _ in files[:: max(len(files) // 50, 1)]:
+            if (d.data / "small" / name).stat().st_size != size:
+                raise SystemExit(f"the daemon's {name} has the wrong size")
     shutil.rmtree(root, ignore_errors=True)
     return seconds
 
@@ -85,28 +127,30 @@ def main() -> int:
     work = (
         Path(base) if base else Path(tempfile.mkdtemp(prefix="acq-bench-daemon-", dir="/var/tmp"))
     )
-    data_dir = work / "www"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"making {SIZE / MiB:.0f} MiB of data ...", flush=True)
-    digest = make_data(data_dir / "data.bin", SIZE)
-    nginx = Nginx(work, data_dir, {"local": ("127.0.0.1", None)})
+    www = work / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    print(f"making {max(COUNTS)} files of 8-64 KB ...", flush=True)
+    files = make_files(www, max(COUNTS))
+    nginx = Nginx(work, www, {"local": ("127.0.0.1", None)})
+    rows = []
     try:
-        url = nginx.url("local")
-        curl_s = run_curl(url, work / "curl.out")
-        if sha256_file(work / "curl.out") != digest:
-            raise SystemExit("curl's file has the wrong digest")
-        (work / "curl.out").unlink()
-        one = run_daemon(work, url, digest, 1)
-        eight = run_daemon(work, url, digest, 8)
+        for n in COUNTS:
+            subset = files[:n]
+            curl_s = run_curl(nginx, subset, work / "curl-out")
+            daemon_s = run_daemon(work, nginx, subset)
+            rows.append((n, curl_s, daemon_s))
+            print(f"  {n} files: curl {curl_s:.2f} s, acquired {daemon_s:.2f} s", flush=True)
     finally:
         nginx.stop()
         if not base:
             shutil.rmtree(work, ignore_errors=True)
-    rate = SIZE / MiB
-    print(f"{SIZE / MiB:.0f} MiB from nginx on loopback (inbox to verified file for acquired):")
-    print(f"  curl -o                      {curl_s:6.2f} s  {rate / curl_s:7.0f} MiB/s  1.00x")
-    for label, secs in (("acquired, 1 connection", one), ("acquired, 8 connections", eight)):
-        print(f"  {label:28} {secs:6.2f} s  {rate / secs:7.0f} MiB/s  {curl_s / secs:.2f}x")
+    print("small files (8-64 KB) from nginx on loopback, inbox to verified files for acquired:")
+    print(f"  {'files':>6}  {'curl -Z (64)':>14}  {'acquired':>14}  ratio (curl time / acquired)")
+    for n, curl_s, daemon_s in rows:
+        print(
+            f"  {n:6d}  {curl_s:7.2f} s {n / curl_s:5.0f}/s"
+            f"  {daemon_s:7.2f} s {n / daemon_s:5.0f}/s  {curl_s / daemon_s:.3f}x"
+        )
     return 0
 
 

@@ -79,12 +79,14 @@ class JobSteps:
         self.svc.event("info", "all files done; running the job's own steps", job_id=job_id)
 
     def on_job_step_progress(self, message: JobStepProgress) -> None:
+        """Record what the job's steps are doing, for status."""
         current = self.finishing.get(message.job_id)
         if current is not None and current[0] == message.token:
             pct = f" {100 * message.done / message.total:.0f}%" if message.total else ""
             self.finishing[message.job_id] = (*current[:3], f"{message.label}{pct}")
 
     def on_job_steps_ended(self, message: JobStepsEnded) -> None:
+        """The job's own steps ended: done, back to pending (stopped), or failed."""
         current = self.finishing.get(message.job_id)
         if current is None or current[0] != message.token:
             self.svc.scheduler.drained(message.token)

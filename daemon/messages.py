@@ -21,10 +21,12 @@ class Reply:
         self._value: dict[str, Any] = {}
 
     def set(self, value: dict[str, Any]) -> None:
+        """Fill the slot (from the state thread)."""
         self._value = value
         self._done.set()
 
     def wait(self, timeout: float) -> dict[str, Any] | None:
+        """The value, or None if it is not set within ``timeout`` seconds."""
         return self._value if self._done.wait(timeout) else None
 
 
@@ -135,16 +137,24 @@ class JobStepsEnded:
 
 @dataclass(frozen=True)
 class Reload:
+    """Apply a re-read configuration (SIGHUP)."""
+
     config: Config
 
 
 @dataclass(frozen=True)
 class Stop:
+    """Stop the state thread (SIGTERM)."""
+
     pass
 
 
 class Cancellable(Protocol):
-    def cancel(self) -> None: ...
+    """Anything the state thread can ask to stop."""
+
+    def cancel(self) -> None:
+        """Ask it to stop; thread-safe."""
+        ...
 
 
 @dataclass

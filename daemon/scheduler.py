@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from acquired.daemon.errors import describe
 from acquired.daemon.lifecycle import (
@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("acquired.service")
 
 DISK_WAIT = "waiting for disk"
+# Files of known size up to SMALL_FILE go in a lane of their own, SMALL_LANE at once,
+# beside the max_concurrent_files large ones: for a small file the round trips, not the
+# bandwidth, are the cost, so more of them at once is what makes a job of thousands of
+# them fast without letting big transfers crowd the disk or the network.
+SMALL_FILE = 1 << 20
+SMALL_LANE = 32
+
+
+def is_small(size: int | None) -> bool:
+    """Whether a file goes in the small-file lane."""
+    return size is not None and size <= SMALL_FILE
 
 
 class DiskView(NamedTuple):
@@ -77,6 +88,8 @@ class Scheduler:
         self.drain_since: dict[str, float] = {}
 
     def check_disk(self, *, force: bool = False) -> None:
+        """Read free space; pause transfers below the reserve, resume disk pauses when it is
+        back."""
         now = time.monotonic()
         if not force and now - self.last_check < 2.0:
             return
@@ -107,20 +120,28 @@ class Scheduler:
                 self.svc.event("info", "space is back; resuming", job_id=row.job_id, row=row)
 
     def committed(self) -> int:
+        """Bytes the files in flight still have to write."""
         return sum(max((a.size or 0) - a.bytes_done, 0) for a in self.svc.active.values())
 
     def schedule(self) -> None:
+        """Start queued files while slots and disk allow."""
         if self.svc.stopping:
             return
-        slots = self.svc.config.max_concurrent_files - len(self.svc.active)
-        if slots <= 0:
+        n_small = sum(1 for a in self.svc.active.values() if is_small(a.size))
+        free = {
+            False: self.svc.config.max_concurrent_files - (len(self.svc.active) - n_small),
+            True: SMALL_LANE - n_small,
+        }
+        if free[False] <= 0 and free[True] <= 0:
             return
         # Look a little past the free slots so files waiting for disk do not block
         # smaller ones behind them.
-        rows = self.svc.store.next_queued(time.time(), limit=slots + 32, skip=self.svc.active)
+        limit = max(free[False], 0) + max(free[True], 0) + 32
+        rows = self.svc.store.next_queued(time.time(), limit=limit, skip=self.svc.active)
         for row in rows:
-            if slots <= 0:
-                break
+            lane = is_small(row.size)
+            if free[lane] <= 0:
+                continue
             if row.id in self.svc.active:
                 continue  # started just now with another file of its torrent
             if row.job_id in self.draining and not self.drain_overdue(row.job_id):
@@ -137,10 +158,15 @@ class Scheduler:
             if wait is not None:
                 if row.reason != wait:
                     self.svc.store.set_reason(row.id, wait)
-                    self.svc.event("info", wait, job_id=row.job_id, row=row)
+                    # The reason is logged when the wait starts, not each time a figure
+                    # in it (the free space) moves.
+                    if not (row.reason or "").startswith(DISK_WAIT):
+                        self.svc.event("info", wait, job_id=row.job_id, row=row)
                 continue
+            if (row.reason or "").startswith(DISK_WAIT):
+                self.svc.event("info", "space is there: starting", job_id=row.job_id, row=row)
             self.start_guarded(row)
-            slots -= 1
+            free[lane] -= 1
 
     def start_guarded(self, row: FileRow) -> None:
         """Start one file; a failure to start fails that file alone, with its code and
@@ -178,3 +204,24 @@ class Scheduler:
             if not tokens:
                 del self.draining[job_id]
                 self.drain_since.pop(job_id, None)
+
+    def drop_job(self, job_id: str) -> dict[tuple[str, str], Any]:
+        """Stop a job's transfers and delete it; return what its files carry over to a
+        replacing manifest (``Store.carry_over``)."""
+        # The transfers must be off the job's files before the new job writes to the same
+        # paths, but the state thread does not wait for them: they stay in ``_draining``
+        # until they post their end, and the job's files do not start before that.
+        for act in [a for a in self.svc.active.values() if a.job_id == job_id]:
+            self.svc.stop_active(act, "cancel")
+            self.svc.active.pop(act.file_id, None)
+            if act.kind != "choosing":  # a probe does not write to the file
+                self.draining.setdefault(job_id, set()).add(act.token)
+        if job_id in self.svc.jobsteps.finishing:
+            token, handle, _, _ = self.svc.jobsteps.finishing.pop(job_id)
+            handle.cancel()
+            self.draining.setdefault(job_id, set()).add(token)
+        self.svc.urllist.drop(job_id)
+        carried = self.svc.store.carry_over(job_id)
+        self.svc.store.delete_job(job_id)
+        self.svc.manifests.drop(job_id)
+        return carried

@@ -70,7 +70,7 @@ from acquired.daemon.runners.http import HttpRunner
 from acquired.daemon.runners.steps import StepsRunner
 from acquired.daemon.runners.torrent import TorrentRunner
 from acquired.daemon.runners.watched import WatchedRunner
-from acquired.daemon.scheduler import Scheduler
+from acquired.daemon.scheduler import SMALL_LANE, Scheduler
 from acquired.daemon.store import FileRow, Store
 from acquired.daemon.torrentflow import TorrentFlow
 from acquired.daemon.views import VERSION, Views, error_reply
@@ -82,6 +82,7 @@ __all__ = ["VERSION", "Service"]
 
 LOG = logging.getLogger("acquired.service")
 TICK = 0.5  # seconds: the longest the state thread sleeps; it pings the watchdog each tick
+BATCH = 0.05  # seconds of messages handled before the next scheduling pass
 
 Waitable = threading.Thread | Future[None]
 
@@ -120,7 +121,7 @@ class Service:
         self.torrents: TorrentEngine | None = None
         self.torrents_down: str | None = "the torrent engine was not started"
         # The runners (they post back; they never touch the store) ...
-        self.pool = WorkerPool(config.max_concurrent_files, "http")
+        self.pool = WorkerPool(config.max_concurrent_files + SMALL_LANE, "http")
         self.http_runner = HttpRunner(self.post, self.pool)
         self.torrent_runner = TorrentRunner(self.post)
         self.steps_runner = StepsRunner(self.post)
@@ -139,7 +140,7 @@ class Service:
         self.desk = IntakeDesk(
             store,
             self.manifests_dir,
-            drop_job=self._drop_job,
+            drop_job=self.scheduler.drop_job,
             accepted=self.manifests.put,
             complete=self.jobsteps.maybe_finish,
             event=self.event,
@@ -210,28 +211,36 @@ class Service:
                     message = self.queue.get(timeout=TICK)
             except queue.Empty:
                 message = None
-            # Handle what is waiting before scheduling (progress events come in bursts and
-            # need no scheduling decision each), but never so long that the watchdog
-            # goes without a ping.
-            until = time.monotonic() + TICK
-            while message is not None:
-                if isinstance(message, Stop):
-                    self._shutdown()
-                    return
-                self._handle(message)
-                if time.monotonic() > until:
-                    break
-                try:
-                    message = self.queue.get_nowait()
-                except queue.Empty:
-                    message = None
-            # Each tick is guarded on its own, as gunicorn guards its arbiter loop: a bug
-            # in one of them is logged and the loop, the watchdog pings and the other
-            # jobs go on.
-            self._guarded("intake", self.desk.tick)
-            self._guarded("disk", self.scheduler.check_disk)
-            self._guarded("schedule", self.scheduler.schedule)
-            self._guarded("status", self._publish_status)
+            with self.store.batch():
+                stop = self._turn(message)
+            if stop:
+                self._shutdown()
+                return
+
+    def _turn(self, message: Message | None) -> bool:
+        """One turn of the loop, in one store transaction; True when asked to stop."""
+        # Handle what is waiting before scheduling (progress events come in bursts and
+        # need no scheduling decision each), but not so long that freed slots wait.
+        until = time.monotonic() + BATCH
+        while message is not None:
+            if isinstance(message, Stop):
+                return True
+            self._handle(message)
+            if time.monotonic() > until:
+                break
+            try:
+                message = self.queue.get_nowait()
+            except queue.Empty:
+                message = None
+        # Each tick is guarded on its own, as gunicorn guards its arbiter loop: a bug
+        # in one of them is logged and the loop, the watchdog pings and the other jobs
+        # go on.
+        self._guarded("intake", self.desk.tick)
+        self._guarded("disk", self.scheduler.check_disk)
+        self._guarded("schedule", self.scheduler.schedule)
+        self._guarded("bulk", self.files.flush_bulk)
+        self._guarded("status", self._publish_status)
+        return False
 
     def _guarded(self, what: str, tick: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         try:
@@ -300,27 +309,6 @@ class Service:
             parsed.inbox_path.unlink(missing_ok=True)
         if parsed.reply is not None:
             parsed.reply.set({"ok": True, "result": result})
-
-    def _drop_job(self, job_id: str) -> dict[tuple[str, str], Any]:
-        """Stop a job's transfers and delete it; return what its files carry over to a
-        replacing manifest (``Store.carry_over``)."""
-        # The transfers must be off the job's files before the new job writes to the same
-        # paths, but the state thread does not wait for them: they stay in ``_draining``
-        # until they post their end, and the job's files do not start before that.
-        for act in [a for a in self.active.values() if a.job_id == job_id]:
-            self.stop_active(act, "cancel")
-            self.active.pop(act.file_id, None)
-            if act.kind != "choosing":  # a probe does not write to the file
-                self.scheduler.draining.setdefault(job_id, set()).add(act.token)
-        if job_id in self.jobsteps.finishing:
-            token, handle, _, _ = self.jobsteps.finishing.pop(job_id)
-            handle.cancel()
-            self.scheduler.draining.setdefault(job_id, set()).add(token)
-        self.urllist.drop(job_id)
-        carried = self.store.carry_over(job_id)
-        self.store.delete_job(job_id)
-        self.manifests.drop(job_id)
-        return carried
 
     def spec(self, row: FileRow) -> FileSpec:
         """A file's spec, from its job's parsed manifest."""
@@ -449,6 +437,7 @@ class Service:
                 setattr(new, name, getattr(old, name))
         self.config = new
         self.limiter.set_rate(new.bandwidth_limit or None)
+        self.pool.resize(new.max_concurrent_files + SMALL_LANE)
         self.host_slots.set_cap(new.http.per_host_connections)
         if new.metrics.listen != old.metrics.listen:
             try:

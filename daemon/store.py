@@ -18,101 +18,10 @@ from typing import Any
 
 from acquired.daemon import shardstore
 from acquired.daemon.lifecycle import Event, decide, sources_of
+from acquired.daemon.schema import MIGRATIONS, expect_key, spec_digests
+from acquired.daemon.store_status import JobTotals, StatusQueries
 
-# Each entry moves the schema from version i to i + 1. Never edit a released entry:
-# append a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL,
-        manifest_json TEXT NOT NULL,
-        manifest_digest TEXT NOT NULL,
-        manifest_path TEXT NOT NULL,
-        destination TEXT NOT NULL,
-        warnings TEXT NOT NULL DEFAULT '[]',
-        created REAL NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE files (
-        id INTEGER PRIMARY KEY,
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        size INTEGER,
-        spec TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT,
-        error TEXT,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        not_before REAL NOT NULL DEFAULT 0,
-        source TEXT,
-        digests TEXT,
-        updated REAL NOT NULL,
-        UNIQUE (job_id, idx)
-    );
-    CREATE INDEX files_by_job_state ON files (job_id, state);
-    CREATE INDEX files_by_state ON files (state, not_before);
-    CREATE TABLE checkpoints (
-        file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
-        state TEXT NOT NULL,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL,
-        level TEXT NOT NULL,
-        job_id TEXT,
-        file_id INTEGER,
-        code TEXT,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX events_by_job ON events (job_id, id);
-    """,
-    # 2: the source chosen for a file ({"source": "torrent"|"http"|"both", "reason": ...}),
-    # kept so that a restart continues with the same source instead of probing again.
-    """
-    ALTER TABLE files ADD COLUMN plan TEXT;
-    """,
-    # 3: job-level steps (checksum files, layouts, listings) run once every file is done:
-    # NULL (none), 'pending', 'running', 'done' or 'failed'; finish_error holds the error.
-    """
-    ALTER TABLE jobs ADD COLUMN finish TEXT;
-    ALTER TABLE jobs ADD COLUMN finish_error TEXT;
-    """,
-    # 4: the manifest lives on disk (manifest_path, parsed once per job by the daemon);
-    # the settings the daemon reads per job are columns, and the kind of job (files;
-    # URL lists later). A file keeps only ``expect`` (its size and checksums, which must
-    # match for its progress to carry over to a replacing manifest); ``complete`` is 0
-    # while a job's file rows are still being put in, in chunks. After this step,
-    # _after_v4 writes out any manifest missing on disk and fills ``expect``.
-    """
-    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'files';
-    ALTER TABLE jobs ADD COLUMN connections INTEGER;
-    ALTER TABLE jobs ADD COLUMN bandwidth_limit INTEGER;
-    UPDATE jobs SET connections = json_extract(manifest_json, '$.connections'),
-        bandwidth_limit = json_extract(manifest_json, '$.bandwidth_limit');
-    ALTER TABLE files ADD COLUMN expect TEXT;
-    ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
-    """,
-    # 5: the copies of the manifest in the database go (every file's spec is in it).
-    """
-    ALTER TABLE jobs DROP COLUMN manifest_json;
-    ALTER TABLE files DROP COLUMN spec;
-    """,
-)
-
-DIGEST_NAMES = ("sha256", "sha1", "md5", "blake2b", "sha512")
-
-
-def expect_key(size: int | None, digests: dict[str, str]) -> str:
-    """What must match for a file's progress to carry over to a replacing manifest."""
-    return json.dumps([size, sorted((k, v.lower()) for k, v in digests.items())])
-
-
-# Events kept per job (and for daemon-wide events): enough for `show` and the TUI.
-EVENTS_KEPT = 500
+__all__ = ["MIGRATIONS", "JobTotals", "Store", "expect_key"]
 
 
 class StoreError(Exception):
@@ -174,14 +83,6 @@ class FileRow:
     expect: str | None = None
 
 
-@dataclass(frozen=True)
-class JobTotals:
-    counts: dict[str, int]
-    files_total: int
-    bytes_total: int | None  # None while any file's size is unknown
-    bytes_done: int
-
-
 _JOB_COLUMNS = (
     "id, seq, manifest_digest, manifest_path, destination, warnings, created,"
     " finish, finish_error, kind, connections, bandwidth_limit, complete"
@@ -214,11 +115,12 @@ def _file_row(r: tuple[Any, ...]) -> FileRow:
     )
 
 
-class Store:
+class Store(StatusQueries):
     """One connection, used by one thread: the daemon's state thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._jobs: dict[str, JobRow] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
@@ -235,6 +137,7 @@ class Store:
             raise StoreError(f"{path}: {exc}") from exc
 
     def close(self) -> None:
+        """Close the connection."""
         self._db.close()
 
     def work_queue(self) -> shardstore.SqliteWorkQueue:
@@ -243,6 +146,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
+        """The schema version of the database (``PRAGMA user_version``)."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
@@ -268,7 +172,7 @@ class Store:
         self._db.executemany(
             "UPDATE files SET expect = ? WHERE id = ?",
             [
-                (expect_key(size, _spec_digests(json.loads(spec))), file_id)
+                (expect_key(size, spec_digests(json.loads(spec))), file_id)
                 for file_id, size, spec in rows
             ],
         )
@@ -284,6 +188,18 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        # Inside a batch, a savepoint: the statements stay all-or-nothing, and the batch
+        # commits them with the rest.
+        if self._db.in_transaction:
+            self._db.execute("SAVEPOINT tx")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO tx")
+                self._db.execute("RELEASE tx")
+                raise
+            self._db.execute("RELEASE tx")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -291,6 +207,20 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group every write of one turn of the state loop into one transaction: a job
+        of thousands of small files costs one commit per turn, not several per file.
+        Writes made before an error inside the batch are kept (as without a batch)."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -313,6 +243,7 @@ class Store:
         in with ``add_files`` in chunks). ``finish`` is 'pending' when the job has steps
         to run once every file is done."""
         now = time.time()
+        self._jobs.pop(job_id, None)
         with self._tx():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             self._db.execute(
@@ -338,6 +269,7 @@ class Store:
 
     def set_complete(self, job_id: str) -> None:
         """Every file row of the job is in."""
+        self._jobs.pop(job_id, None)
         self._db.execute("UPDATE jobs SET complete = 1 WHERE id = ?", (job_id,))
 
     def incomplete_jobs(self) -> list[JobRow]:
@@ -378,17 +310,28 @@ class Store:
             )
 
     def delete_job(self, job_id: str) -> None:
+        """Delete a job with its files, checkpoints cascading."""
+        self._jobs.pop(job_id, None)
         with self._tx():
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def get_job(self, job_id: str) -> JobRow | None:
+        """A job's row. Kept in memory until the store itself changes the job (it is the
+        only writer): the scheduler asks for it for every file it starts."""
+        cached = self._jobs.get(job_id)
+        if cached is not None:
+            return cached
         r = self._db.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
-        return _job_row(r) if r else None
+        if r is None:
+            return None
+        job = self._jobs[job_id] = _job_row(r)
+        return job
 
     def list_jobs(self) -> list[JobRow]:
+        """Every job, oldest first."""
         rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY seq").fetchall()
         return [_job_row(r) for r in rows]
 
@@ -396,47 +339,16 @@ class Store:
         self, job_id: str, finish: str | None, error: dict[str, Any] | None = None
     ) -> None:
         """Record the state of a job's own steps (and their error, if they failed)."""
+        self._jobs.pop(job_id, None)
         self._db.execute(
             "UPDATE jobs SET finish = ?, finish_error = ?, updated = ? WHERE id = ?",
             (finish, json.dumps(error) if error else None, time.time(), job_id),
         )
 
-    def job_totals(self, job_id: str) -> JobTotals:
-        rows = self._db.execute(
-            "SELECT state, COUNT(*), SUM(size), COUNT(size), SUM(bytes_done)"
-            " FROM files WHERE job_id = ? GROUP BY state",
-            (job_id,),
-        ).fetchall()
-        return _totals(rows)
-
-    def all_totals(self) -> dict[str, JobTotals]:
-        """``job_totals`` of every job, in one query."""
-        rows = self._db.execute(
-            "SELECT job_id, state, COUNT(*), SUM(size), COUNT(size), SUM(bytes_done)"
-            " FROM files GROUP BY job_id, state"
-        ).fetchall()
-        by_job: dict[str, list[tuple[Any, ...]]] = {}
-        for r in rows:
-            by_job.setdefault(r[0], []).append(r[1:])
-        return {job_id: _totals(rows) for job_id, rows in by_job.items()}
-
-    def bytes_done_of(self, file_ids: Iterable[int]) -> dict[int, int]:
-        """The stored progress of some files (those in flight), in one query."""
-        ids = list(file_ids)
-        if not ids:
-            return {}
-        rows = self._db.execute(
-            f"SELECT id, bytes_done FROM files WHERE id IN ({','.join('?' * len(ids))})", ids
-        ).fetchall()
-        return dict(rows)
-
-    def state_counts(self) -> dict[str, int]:
-        """Files in each state over all jobs."""
-        return dict(self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall())
-
     # -- files --------------------------------------------------------------------------
 
     def get_file(self, file_id: int) -> FileRow:
+        """A file's row; KeyError if there is none."""
         r = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,))
         row = r.fetchone()
         if row is None:
@@ -444,6 +356,7 @@ class Store:
         return _file_row(row)
 
     def job_files(self, job_id: str, *, offset: int = 0, limit: int = 1000) -> list[FileRow]:
+        """A page of a job's files, in manifest order."""
         rows = self._db.execute(
             f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = ? ORDER BY idx LIMIT ? OFFSET ?",
             (job_id, limit, offset),
@@ -451,6 +364,7 @@ class Store:
         return [_file_row(r) for r in rows]
 
     def files_in_state(self, state: str, *, job_id: str | None = None) -> list[FileRow]:
+        """Files in ``state`` (of one job, in manifest order, if given)."""
         if job_id is None:
             q = f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? ORDER BY id"
             rows = self._db.execute(q, (state,)).fetchall()
@@ -458,16 +372,6 @@ class Store:
             q = f"SELECT {_FILE_COLUMNS} FROM files WHERE state = ? AND job_id = ? ORDER BY idx"
             rows = self._db.execute(q, (state, job_id)).fetchall()
         return [_file_row(r) for r in rows]
-
-    def first_reason(self, job_id: str, state: str) -> str | None:
-        """One reason given for a job's files in ``state`` (what status shows of a job that
-        is not moving), without reading all of them."""
-        row = self._db.execute(
-            "SELECT reason FROM files WHERE job_id = ? AND state = ? AND reason IS NOT NULL"
-            " ORDER BY idx LIMIT 1",
-            (job_id, state),
-        ).fetchone()
-        return row[0] if row else None
 
     def paused_because(self, prefix: str) -> list[FileRow]:
         """Paused files whose reason starts with ``prefix`` (the disk guard's own pauses)."""
@@ -553,9 +457,11 @@ class Store:
         )
 
     def set_reason(self, file_id: int, reason: str | None) -> None:
+        """Set why a file waits, without changing its state."""
         self._db.execute("UPDATE files SET reason = ? WHERE id = ?", (reason, file_id))
 
     def set_progress(self, file_id: int, bytes_done: int) -> None:
+        """Record a file's progress."""
         self._db.execute(
             "UPDATE files SET bytes_done = ?, updated = ? WHERE id = ?",
             (bytes_done, time.time(), file_id),
@@ -572,6 +478,7 @@ class Store:
             (decide(states[0], Event.RESTART).state, *states),
         )
         self._db.execute("UPDATE jobs SET finish = 'pending' WHERE finish = 'running'")
+        self._jobs.clear()
         return cur.rowcount
 
     # -- checkpoints --------------------------------------------------------------------
@@ -591,46 +498,14 @@ class Store:
             )
 
     def load_checkpoint(self, file_id: int) -> dict[str, Any] | None:
+        """A file's resume state, if any."""
         r = self._db.execute("SELECT state FROM checkpoints WHERE file_id = ?", (file_id,))
         row = r.fetchone()
         return json.loads(row[0]) if row else None
 
     def clear_checkpoint(self, file_id: int) -> None:
+        """Forget a file's resume state."""
         self._db.execute("DELETE FROM checkpoints WHERE file_id = ?", (file_id,))
-
-    # -- events -------------------------------------------------------------------------
-
-    def add_event(
-        self,
-        level: str,
-        message: str,
-        *,
-        job_id: str | None = None,
-        file_id: int | None = None,
-        code: str | None = None,
-    ) -> None:
-        cur = self._db.execute(
-            "INSERT INTO events (ts, level, job_id, file_id, code, message)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), level, job_id, file_id, code, message),
-        )
-        # Keep the log bounded per job; trimming on every hundredth insert is enough.
-        if cur.lastrowid is not None and cur.lastrowid % 100 == 0:
-            self._db.execute(
-                "DELETE FROM events WHERE job_id IS ? AND id <= ("
-                " SELECT id FROM events WHERE job_id IS ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (job_id, job_id, EVENTS_KEPT),
-            )
-
-    def recent_events(self, *, limit: int = 20, job_id: str | None = None) -> list[dict[str, Any]]:
-        if job_id is None:
-            q = "SELECT ts, level, job_id, file_id, code, message FROM events"
-            rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        else:
-            q = "SELECT ts, level, job_id, file_id, code, message FROM events WHERE job_id = ?"
-            rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", (job_id, limit)).fetchall()
-        keys = ("ts", "level", "job", "file_id", "code", "message")
-        return [dict(zip(keys, r, strict=True)) for r in reversed(rows)]
 
 
 def _job_row(r: tuple[Any, ...]) -> JobRow:
@@ -648,24 +523,6 @@ def _job_row(r: tuple[Any, ...]) -> JobRow:
         connections=r[10],
         bandwidth_limit=r[11],
         complete=bool(r[12]),
-    )
-
-
-def _spec_digests(spec: dict[str, Any]) -> dict[str, str]:
-    return {k: str(spec[k]) for k in DIGEST_NAMES if spec.get(k)}
-
-
-def _totals(rows: list[tuple[Any, ...]]) -> JobTotals:
-    """Totals from (state, count, sum of sizes, count of sizes, sum of progress) rows."""
-    counts = {r[0]: r[1] for r in rows}
-    files_total = sum(counts.values())
-    sized = sum(r[3] for r in rows)
-    bytes_total = sum(r[2] or 0 for r in rows) if sized == files_total else None
-    return JobTotals(
-        counts=counts,
-        files_total=files_total,
-        bytes_total=bytes_total,
-        bytes_done=sum(r[4] or 0 for r in rows),
     )
 
 

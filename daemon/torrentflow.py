@@ -103,6 +103,7 @@ class TorrentFlow:
         self.svc.event("info", f"fetching from {label} ({len(moved)} file(s))", job_id=row.job_id)
 
     def on_torrent_added(self, message: TorrentAdded) -> None:
+        """The engine took a torrent: pause it there if it was stopped meanwhile."""
         acts = [
             self.svc.active[f] for f in self.groups.get(message.key, []) if f in self.svc.active
         ]
@@ -132,6 +133,7 @@ class TorrentFlow:
                 )
 
     def on_torrent_event(self, ev: object) -> None:
+        """An engine event: DHT, listen failures, progress, finish, failure, stall."""
         if isinstance(ev, tev.DhtStatus):
             self.dht_nodes = ev.nodes
             return
@@ -223,6 +225,7 @@ class TorrentFlow:
             self.svc.outcomes.switch(row, decision)
 
     def on_seeding_event(self, key: str, ev: object) -> None:
+        """Progress and end of a torrent that seeds after its files are done."""
         info = self.seeding[key]
         if isinstance(ev, tev.TorrentProgress):
             info.update(ratio=ev.ratio, peers=ev.peers, upload=ev.upload_rate)

@@ -118,6 +118,7 @@ class Views:
         }
 
     def active_view(self, a: Active) -> dict[str, Any]:
+        """What status shows of a file in flight."""
         state = {"unpack": "unpacking", "verify": "verifying"}.get(a.kind, "fetching")
         return {
             "job": a.job_id,
@@ -139,9 +140,17 @@ class Views:
         for state in (FileState.QUEUED, FileState.PAUSED, FileState.FAILED):
             if counts.get(state) and (reason := self.svc.store.first_reason(job_id, state)):
                 return reason
+        if counts.get(FileState.QUEUED):
+            return self.queued_reason()
         return None
 
+    def queued_reason(self) -> str | None:
+        """Why a queued file with no reason of its own waits: the slots are taken."""
+        running = len(self.svc.active)
+        return f"queued: {running} files already running" if running else None
+
     def show(self, job_id: str) -> dict[str, Any]:
+        """One job in detail: each file's state, attempts, source, error; recent events."""
         job = self.svc.store.get_job(job_id)
         if job is None:
             raise UnknownJob(f"no job named '{job_id}'", job=job_id)
@@ -160,7 +169,8 @@ class Views:
                     "source": act.source if act else row.source,
                     "detail": act.detail if act else None,
                     "plan": row.plan,
-                    "reason": row.reason,
+                    "reason": row.reason
+                    or (self.queued_reason() if row.state == FileState.QUEUED else None),
                     "error": row.error,
                     "digests": row.digests,
                 }
@@ -194,6 +204,7 @@ class Views:
         }
 
     def command(self, cmd: str, job_id: str) -> dict[str, Any]:
+        """Pause, resume, cancel or retry every file of a job that the command touches."""
         if self.svc.store.get_job(job_id) is None:
             raise UnknownJob(f"no job named '{job_id}'", job=job_id)
         changed = 0
@@ -222,6 +233,7 @@ class Views:
         return {"job": job_id, "files": changed}
 
     def answer(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Answer a control request (all but ``add``, which the intake answers)."""
         cmd = payload["cmd"]
         try:
             if cmd == "status":

@@ -51,7 +51,7 @@ def test_a_file_whose_folder_cannot_be_created_fails_alone(tmp_path: Path) -> No
             assert error["code"] == "os.error" and error["hint"]
             assert d.call({"cmd": "ping"})["pid"] == d.proc.pid  # type: ignore[union-attr]
         # A restart with the failed row, then a retry of it: the daemon stays up.
-        with d.start():
+        with d:
             assert d.job("mixed")["state"] == "failed"  # type: ignore[index]
             out = d.ctl("retry", "mixed")
             assert out.returncode == 0, out.stderr

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from acquired.daemon.errors import DaemonError, describe
 from acquired.daemon.lifecycle import Event
 from acquired.daemon.manifest import FileSpec
 from acquired.daemon.messages import SourceChosen, SourceEvent, StepProgress
-from acquired.daemon.scheduler import order_mirrors
+from acquired.daemon.outcomes import ordinal
+from acquired.daemon.scheduler import is_small, order_mirrors
 from acquired.daemon.store import FileRow, JobRow
 from acquired.daemon.units import format_bytes
 from acquired.sources.choice import Decision
@@ -37,6 +40,10 @@ class NoUsableSource(DaemonError):
     )
 
 
+# Seconds between the job-level events that sum up small files done.
+BULK_EVERY = 10.0
+
+
 class FilesKind:
     """Jobs of files listed in a manifest (``kind = 'files'``)."""
 
@@ -45,6 +52,21 @@ class FilesKind:
     def __init__(self, svc: Service) -> None:
         self.svc = svc
         self.job_limiters: dict[str, RateLimiter] = {}
+        # Small files done per job since the last job-level event: [count, bytes, since].
+        self.bulk: dict[str, list[float]] = {}
+
+    def flush_bulk(self, *, every: float = BULK_EVERY) -> None:
+        """One event per job for the small files done lately, instead of one per file."""
+        now = time.monotonic()
+        for job_id, (count, size, since) in list(self.bulk.items()):
+            if now - since >= every:
+                del self.bulk[job_id]
+                self.svc.event(
+                    "info",
+                    f"{count:.0f} small file(s) done ({format_bytes(int(size))}, verified)"
+                    f" in the last {now - since:.0f} s",
+                    job_id=job_id,
+                )
 
     def handlers(self) -> dict[type, Any]:
         """The messages this kind's runners post, and who handles them."""
@@ -98,6 +120,7 @@ class FilesKind:
     def start_http(
         self, row: FileRow, spec: FileSpec, job: JobRow, mirrors: list[str], event: Event
     ) -> None:
+        """Fetch the file from its mirrors on the HTTP runner."""
         avoid = (row.error or {}).get("details", {}).get("url") if row.error else None
         target = self.svc.target(row)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,13 +146,17 @@ class FilesKind:
         )
         token = self.svc.next_token()
         source = "http" if len(mirrors) == 1 else f"http {len(mirrors)} mirrors"
-        if self.svc.move(row.id, event, source="http") is None:
+        # The last error stays shown while the file is tried again (and tells a repeated
+        # checksum mismatch from a new one).
+        if self.svc.move(row.id, event, source="http", error=row.error) is None:
             return
         download, future = self.svc.http_runner.start(row.id, token, request, options)
         self.svc.active[row.id] = self.svc.track(row, token, future, source=source, handle=download)
-        self.svc.event("info", f"fetching from {source}", job_id=row.job_id, row=row)
+        if not is_small(row.size):  # small files are summed up per job (flush_bulk)
+            self.svc.event("info", f"fetching from {source}", job_id=row.job_id, row=row)
 
     def limiters(self, job_id: str, job_limit: int | None) -> tuple[RateLimiter, ...]:
+        """The rate limiters of a transfer: the daemon's, and the job's if it sets one."""
         if not job_limit:
             return (self.svc.limiter,)
         limiter = self.job_limiters.get(job_id)
@@ -140,6 +167,7 @@ class FilesKind:
         return (self.svc.limiter, limiter)
 
     def on_source_event(self, message: SourceEvent) -> None:
+        """Progress, checkpoints, retries and dropped mirrors of an HTTP transfer."""
         act = self.svc.active.get(message.file_id)
         ev = message.event
         if act is None or act.token != message.token:
@@ -160,12 +188,12 @@ class FilesKind:
         elif isinstance(ev, http_events.Checkpoint):
             self.svc.store.save_checkpoint(act.file_id, ev.state, act.bytes_done)
         elif isinstance(ev, http_events.Retrying):
-            self.svc.event(
-                "warning",
-                f"retrying {ev.url} in {ev.delay:.1f}s (attempt {ev.attempt}): {ev.reason}",
-                job_id=act.job_id,
-                file_id=act.file_id,
+            # The host only: a URL may carry a token.
+            host = urlsplit(ev.url).hostname or "the mirror"
+            act.detail = (
+                f"retrying {host} in {ev.delay:.0f} s: {ev.reason} ({ordinal(ev.attempt)} try)"
             )
+            self.svc.event("warning", act.detail, job_id=act.job_id, file_id=act.file_id)
         elif isinstance(ev, http_events.MirrorDropped):
             self.svc.event(
                 "warning",
@@ -181,6 +209,7 @@ class FilesKind:
             )
 
     def start_choosing(self, row: FileRow, spec: FileSpec, mirrors: list[str]) -> None:
+        """Probe the swarm and the mirrors of a file that has both."""
         engine, tspec = self.svc.torrents, spec.sources.torrent
         assert engine is not None and tspec is not None
         token = self.svc.next_token()
@@ -201,6 +230,7 @@ class FilesKind:
         )
 
     def on_source_chosen(self, message: SourceChosen) -> None:
+        """The probe chose a source: record the plan and start the transfer."""
         act = self.svc.active.get(message.file_id)
         if act is None or act.token != message.token:
             return
@@ -220,6 +250,12 @@ class FilesKind:
         fields: dict[str, Any] = {"digests": digests or {}, "bytes_done": size}
         if spec.unpack:
             self.start_steps(row, spec, Event.FETCHED_UNPACK, **fields)
+            return
+        if is_small(row.size):
+            counts = self.bulk.setdefault(row.job_id, [0, 0, time.monotonic()])
+            counts[0] += 1
+            counts[1] += size
+            self.svc.move(row.id, Event.FETCHED, **fields)
             return
         note = f"done ({format_bytes(size)}, verified)"
         self.svc.move(row.id, Event.FETCHED, say=("info", note), **fields)
@@ -284,6 +320,7 @@ class FilesKind:
         self.svc.event("info", f"unpacking ({len(steps)} step(s))", job_id=row.job_id, row=row)
 
     def on_step_progress(self, message: StepProgress) -> None:
+        """Record what a file's unpack steps are doing, for status."""
         act = self.svc.active.get(message.file_id)
         if act is None or act.token != message.token:
             return
@@ -293,6 +330,7 @@ class FilesKind:
         act.detail = f"{message.label}{pct}"
 
     def place_watched(self, row: FileRow, path: Path) -> None:
+        """Use a completed copy found in a watched folder instead of fetching."""
         spec = self.svc.spec(row)
         size = path.stat().st_size
         self.svc.event("info", f"found a completed copy: {path}", job_id=row.job_id, row=row)
