@@ -173,14 +173,17 @@ class ImageServer:
         self._server.server_close()
 
     def url(self, path: str) -> str:
+        """The full URL of ``path`` on this server."""
         return f"http://127.0.0.1:{self.port}{path}"
 
     def route(self, path: str, route: Route) -> str:
+        """Register ``route`` at ``path``; returns its URL."""
         with self._server.lock:
             self._server.routes[path] = route
         return self.url(path)
 
     def add(self, path: str, body: bytes, content_type: str = "image/jpeg") -> str:
+        """Serve ``body`` at ``path`` with 200; returns its URL."""
         return self.route(path, Route(body=body, content_type=content_type))
 
     def status(
@@ -192,21 +195,27 @@ class ImageServer:
         times: int | None = None,
         then: bytes = b"",
     ) -> str:
+        """Answer ``path`` with ``status`` and ``headers`` (the first ``times`` requests,
+        or always), then serve ``then``; returns its URL."""
         return self.route(path, Route(body=then, status=status, headers=headers or {}, times=times))
 
     def redirect(self, path: str, location: str, status: int = 302) -> str:
+        """Answer ``path`` with a redirect to ``location``; returns its URL."""
         return self.status(path, status, {"Location": location})
 
     def hits(self, path: str) -> int:
+        """How many requests ``path`` received."""
         with self._server.lock:
             return self._server.hits.get(path, 0)
 
     @property
     def max_in_flight(self) -> int:
+        """The most requests answered at the same time."""
         with self._server.lock:
             return self._server.max_in_flight
 
     @property
     def agents(self) -> set[str]:
+        """Every User-Agent seen."""
         with self._server.lock:
             return set(self._server.agents)

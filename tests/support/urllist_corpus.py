@@ -39,6 +39,7 @@ class Corpus:
             server.status(path, status, headers, times=1, then=then)
 
     def add(self, url: str, expect: str | None, attempts: int | None = None) -> int:
+        """Append a row; returns its index."""
         self.rows.append(CorpusRow(url, f"caption {len(self.rows)}", expect, attempts))
         return len(self.rows) - 1
 
