@@ -101,6 +101,9 @@ def job_view(kind: UrllistKind, job: JobRow, run: JobRun | None) -> dict[str, An
         out["bytes_done"] = fig["bytes_written"]
     elif job.finish == "done":
         out["state"] = "done"
+    elif job.finish == "failed":
+        out["state"] = "failed"
+        out["reason"] = (job.finish_error or {}).get("message")
     return out
 
 

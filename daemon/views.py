@@ -222,7 +222,7 @@ class Views:
                     reason = {"pause": "paused by user", "cancel": "cancelled by user"}.get(cmd)
                     self.svc.move(row.id, COMMAND_EVENTS[cmd], reason=reason)
                 changed += 1
-        if cmd in ("pause", "resume") and self.svc.urllist.set_paused(job_id, cmd == "pause"):
+        if self.svc.urllist.command(cmd, job_id):
             changed += 1
         job = self.svc.store.get_job(job_id)
         if cmd == "retry" and job is not None and job.finish == "failed":

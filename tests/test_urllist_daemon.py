@@ -161,8 +161,37 @@ def test_quota_pauses_the_job_with_its_reason(tmp_path: Path) -> None:
             d.wait_for(lambda: "paused by user" in (d.job("q") or {}).get("reason", ""), 30)
             d.ctl("resume", "q", check=True)
             d.wait_for(lambda: "quota reached" in (d.job("q") or {}).get("reason", ""), 30)
+            d.ctl("cancel", "q", check=True)
+            cancelled = d.wait_job("q", "failed", timeout=30)
+            assert cancelled["reason"] == "cancelled by user"
+            d.ctl("retry", "q", check=True)
+            d.wait_job("q", "paused", timeout=60)
     assert "quota reached" in job["reason"] and "max_bytes_on_disk 1000" in job["reason"]
     fig = show["urllist"]
     assert fig["shards_done"] < fig["shards_total"]
     assert fig["bytes_written"] >= 1000
     assert os.path.isdir(d.data / "q")
+
+
+def test_a_worker_killed_mid_shard_is_replaced(tmp_path: Path) -> None:
+    with ImageServer() as server:
+        corpus = uj.build(server, good=30, slow=0.3)
+        with DaemonProcess(tmp_path) as d:
+            name = uj.write_input(d.data / "w", "txt", corpus)
+            d.drop("w.toml", uj.manifest("w", name, fmt="txt", per_host_connections=2))
+            d.wait_for(
+                lambda: ((d.job("w") or {}).get("urllist") or {}).get("shards_in_progress"),
+                60,
+                "a shard in progress",
+            )
+            assert d.proc is not None
+            workers = [
+                p
+                for p in descendants(d.proc.pid)
+                if "forkserver" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+            ]
+            os.kill(max(workers), 9)  # the newest: a worker, not the forkserver
+            fig = d.wait_job("w", "done", timeout=120)["urllist"]
+            log = d.log()
+    check_job(d.data / "w", corpus, fig, "txt")
+    assert "a worker process died; starting new ones" in log

@@ -290,12 +290,32 @@ class UrllistKind:
             rows = self._rows[job_id] = load_rows(self.plans_dir, job_id)
         return rows
 
+    def command(self, cmd: str, job_id: str) -> bool:
+        """pause, resume or cancel a URL-list job's runner; True if it applied."""
+        if cmd in ("pause", "resume"):
+            return self.set_paused(job_id, cmd == "pause")
+        if cmd == "cancel":
+            return self.cancel(job_id)
+        return False
+
     def set_paused(self, job_id: str, paused: bool) -> bool:
         """Pause or resume claiming for a running job; True if it has a runner."""
         run = self.runs.get(job_id)
         if run is None or run.runner is None:
             return False
         run.runner.paused = paused
+        return True
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a running job's runner (shards in flight go back to the queue); the job
+        is failed with ``urllist.cancelled`` until ``retry`` runs it again."""
+        run = self.runs.pop(job_id, None)
+        if run is None:
+            return False
+        if run.runner is not None:
+            run.runner.stop()
+        error = {"code": "urllist.cancelled", "message": "cancelled by user", "hint": ""}
+        self.svc.store.set_finish(job_id, "failed", error)
         return True
 
     def drop(self, job_id: str) -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,11 @@ class UrllistRunner:
                     f = inflight.get(p.shard_id)
                     if f is not None:
                         f.done, f.ok, f.bytes, f.total = p.done, p.ok, p.bytes, p.total
+                broken = False
                 for shard_id, f in list(inflight.items()):
                     if f.future.done():
                         del inflight[shard_id]
-                        self._finish(queue, pool, f)
+                        broken |= self._finish(queue, pool, f)
                     elif now - f.renewed >= s.lease_s / 3:
                         try:
                             f.lease = queue.renew(f.lease, s.lease_s)
@@ -164,6 +166,12 @@ class UrllistRunner:
                             # Another consumer holds it now; our work may still ack first.
                             LOG.warning("[%s] lost the lease of shard %s", s.job, f.name)
                         f.renewed = now
+                if broken and not inflight:
+                    # A worker process died (killed, out of memory): the executor takes no
+                    # more work, so the job gets fresh processes; its shards were given back.
+                    LOG.warning("[%s] a worker process died; starting new ones", s.job)
+                    pool.close(wait=False)
+                    pool = self._pool_factory(s)
                 counts = queue.counts(s.job)
                 live_bytes = sum(f.bytes for f in inflight.values())
                 free, reserve = self._disk()
@@ -224,7 +232,8 @@ class UrllistRunner:
         )
         return _InFlight(lease, pool.submit(task), shard_name(shard.shard_id), total=shard.size)
 
-    def _finish(self, queue: WorkQueue, pool: Any, f: _InFlight) -> None:
+    def _finish(self, queue: WorkQueue, pool: Any, f: _InFlight) -> bool:
+        """Ack a finished shard, or give it back; True when its worker process died."""
         s, shard_id = self.s, f.lease.shard.shard_id
         try:
             result = f.future.result()
@@ -233,7 +242,7 @@ class UrllistRunner:
             text = f"{code}: {exc}"
             state = queue.nack(f.lease, text, requeue=True)
             self._post(UrllistShardEnded(s.job, s.token, shard_id, f.name, error=text, state=state))
-            return
+            return isinstance(exc, BrokenProcessPool)
         queue.record_failures(
             s.job,
             shard_id,
@@ -258,6 +267,7 @@ class UrllistRunner:
                 s.job, s.token, shard_id, f.name, samples, result.bytes_stored, result.seconds
             )
         )
+        return False
 
     def _report(
         self,
