@@ -141,8 +141,11 @@ class Store(StatusQueries):
         self._db.close()
 
     def work_queue(self) -> shardstore.SqliteWorkQueue:
-        """The URL-list work queue on this store's connection (the state thread's)."""
-        return shardstore.SqliteWorkQueue(self._db)
+        """The URL-list work queue on this store's connection (the state thread's); its
+        writes join the state loop's batch."""
+        from acquired.daemon.turnqueue import TurnQueue
+
+        return TurnQueue(self._db)
 
     @property
     def schema_version(self) -> int:

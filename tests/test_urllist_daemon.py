@@ -101,6 +101,9 @@ def test_failures_listed_exported_and_only_those_retried(tmp_path: Path) -> None
             assert "3 failed sample(s) queued again" in said
             after = d.wait_job("r", "done")["urllist"]
             bad = d.ctl("failures", "r", "--class", "nonsense")
+            shown = d.ctl("show", "r", check=True).stdout
+        n = len(corpus.urls)
+        assert "shards: " in shown and f"samples: {n}/{n}" in shown
         assert bad.returncode == 1 and "unknown failure class" in bad.stderr
         for url in corpus.urls:
             path = url.split(str(server.port), 1)[1]

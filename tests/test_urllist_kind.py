@@ -136,3 +136,33 @@ def test_prometheus_gauges_from_a_report() -> None:
     assert 'acquired_urllist_samples{job="laion",status="ok"} 90.0' in text
     assert 'acquired_urllist_shards{job="laion",state="queued"} 2.0' in text
     assert 'acquired_urllist_samples_per_second{job="laion"} 12.5' in text
+
+
+def test_show_figures_text() -> None:
+    from acquired.daemon.commands.urllist import render_figures
+
+    fig = figures(
+        {"ok": 9, "timeout": 1}, {"done": 1, "claimed": 1}, 10, rows=20, samples_per_s=2.0
+    )
+    fig["dead"] = [{"shard": 7, "deliveries": 5, "error": "disk.full: no space"}]
+    text = render_figures(fig)
+    assert "samples: 10/20" in text and "ok 9 (90.0%)" in text and "ETA 5 s" in text
+    assert "1 done · 1 in progress" in text and "failures: timeout 1" in text
+    assert "dead shard 7 after 5: disk.full" in text
+
+
+def test_state_thread_queue_writes_join_the_turns_batch(tmp_path: Path) -> None:
+    from acquired.daemon.store import Store
+    from acquired.daemon.workqueue import QueueJob
+
+    store = Store(tmp_path / "state.db")
+    queue = store.work_queue()
+    with store.batch():
+        store.add_event("info", "a turn's own write")
+        queue.publish(QueueJob("j", "d"), [ShardSpec("j", 0, 0, 10), ShardSpec("j", 1, 10, 20)])
+        queue.remove("j")
+        queue.publish(QueueJob("j", "d2"), [ShardSpec("j", 0, 0, 10)])
+    assert queue.counts("j").shards["queued"] == 1
+    queue.publish(QueueJob("k", "d"), [ShardSpec("k", 0, 0, 5)])  # outside a batch too
+    assert queue.counts("k").shards["queued"] == 1
+    store.close()

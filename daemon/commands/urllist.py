@@ -1,6 +1,6 @@
 """``acquirectl failures JOB [--class X,Y] [--export FILE.parquet]`` and
 ``acquirectl retry JOB --failed [--class timeout,http_5xx]``: a URL-list job's failure
-queue.
+queue; and the URL-list figures added to ``acquirectl show JOB``.
 
 ``failures`` lists the failed samples the daemon keeps (one row per sample: input row,
 URL, class, message, HTTP status, attempts, the shard that last tried it), or writes them
@@ -86,6 +86,33 @@ def render(failures: list[dict[str, Any]], limit: int = 50) -> str:
     return "\n".join(lines)
 
 
+def render_figures(fig: dict[str, Any]) -> str:
+    """A URL-list job's figures as `show` prints them (pure)."""
+    total = fig.get("samples_total")
+    rate = fig.get("success_rate")
+    eta = fig.get("eta")
+    lines = [
+        f"samples: {fig.get('samples_done', 0):,}/{total:,}"
+        if total is not None
+        else f"samples: {fig.get('samples_done', 0):,}/?",
+        f"  ok {fig.get('samples_ok', 0):,}"
+        + (f" ({100 * rate:.1f}%)" if rate is not None else "")
+        + f" · duplicates {fig.get('duplicates', 0):,} · filtered {fig.get('filtered', 0):,}",
+        f"  {float(fig.get('samples_per_s') or 0):.0f} samples/s ·"
+        f" {float(fig.get('bytes_per_s') or 0) / 1e6:.1f} MB/s"
+        + (f" · ETA {eta:.0f} s" if eta is not None else ""),
+        f"shards: {fig.get('shards_done', 0)} done · {fig.get('shards_in_progress', 0)} in"
+        f" progress · {fig.get('shards_dead', 0)} dead · {fig.get('shards_total', 0)} in all",
+    ]
+    failures = fig.get("failures") or {}
+    if failures:
+        ranked = sorted(failures.items(), key=lambda kv: -kv[1])
+        lines.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in ranked))
+    for dead in fig.get("dead") or []:
+        lines.append(f"  dead shard {dead['shard']} after {dead['deliveries']}: {dead['error']}")
+    return "\n".join(lines)
+
+
 def cmd_failures(args: argparse.Namespace) -> int:
     """List or export a URL-list job's failed samples."""
     from acquired.daemon.cli import call
@@ -113,6 +140,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--class", dest="cls", metavar="X[,Y]", help="only these failure classes")
     p.add_argument("--export", metavar="FILE.parquet", help="write every failure to a parquet file")
     p.set_defaults(func=cmd_failures)
+
+    show: argparse.ArgumentParser | None = subparsers.choices.get("show")
+    if show is not None:
+        plain_show = show.get_default("func")
+
+        def cmd_show(args: argparse.Namespace) -> int:
+            code = int(plain_show(args))
+            if not getattr(args, "json", False):
+                from acquired.daemon.cli import call
+
+                fig = call(args, {"cmd": "show", "job": args.job}).get("urllist")
+                if fig:
+                    print(render_figures(fig))
+            return code
+
+        show.set_defaults(func=cmd_show)
 
     retry: argparse.ArgumentParser | None = subparsers.choices.get("retry")
     if retry is None:

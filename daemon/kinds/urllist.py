@@ -10,7 +10,6 @@ until every shard is done or dead. ``jobs.finish`` says where a job is: ``pendin
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -323,8 +322,10 @@ class UrllistKind:
         run = self.runs.pop(job_id, None)
         if run is not None and run.runner is not None:
             run.runner.stop()
-        with contextlib.suppress(Exception):
+        try:
             self.queue.remove(job_id)
+        except Exception:
+            LOG.exception("[%s] could not remove the job's shards from the queue", job_id)
         self._rows.pop(job_id, None)
         self.final.pop(job_id, None)
         for suffix in (".plan.json", ".dedupe"):
