@@ -22,7 +22,7 @@ import stat
 import tarfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -68,7 +68,9 @@ class SampleRecord:
 
     def meta(self) -> dict[str, Any]:
         """What ``KEY.json`` holds for a stored sample."""
-        data = {k: v for k, v in asdict(self).items() if k != "extra"}
+        # vars(), not dataclasses.asdict: asdict deep-copies every field and cost
+        # ~0.18 ms per sample, as much as writing the sample's tar headers.
+        data = {k: v for k, v in vars(self).items() if k != "extra"}
         data.update(self.extra)
         return data
 
