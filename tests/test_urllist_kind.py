@@ -16,23 +16,38 @@ from acquired.daemon.urllist_tui import urllist_table
 from acquired.daemon.urllist_view import figures
 from acquired.daemon.workqueue import ShardSpec
 
+MiB = 1 << 20
+
 
 @pytest.mark.parametrize(
-    ("free", "reserve", "quota", "written", "paused", "expect"),
+    ("free", "reserve", "quota", "written", "paused", "full_at", "expect"),
     [
-        (100, 10, None, 0, False, None),
-        (5, 10, None, 0, False, "waiting for disk"),
-        (100, 10, 1000, 999, False, None),
-        (100, 10, 1000, 1000, False, "quota reached"),
-        (5, 10, 1000, 2000, False, "quota reached"),
-        (100, 10, None, 0, True, "paused by user"),
+        (100, 10, None, 0, False, None, None),
+        (5, 10, None, 0, False, None, "waiting for disk"),
+        (100, 10, 1000, 999, False, None, None),
+        (100, 10, 1000, 1000, False, None, "quota reached"),
+        (5, 10, 1000, 2000, False, None, "quota reached"),
+        (100, 10, None, 0, True, None, "paused by user"),
+        (10 * MiB, 0, None, 0, False, 5 * MiB, "ran out of space"),
+        (70 * MiB, 0, None, 0, False, 5 * MiB, None),
     ],
 )
 def test_hold_reason(
-    free: int, reserve: int, quota: int | None, written: int, paused: bool, expect: str | None
+    free: int,
+    reserve: int,
+    quota: int | None,
+    written: int,
+    paused: bool,
+    full_at: int | None,
+    expect: str | None,
 ) -> None:
     got = hold_reason(
-        disk_free=free, disk_reserve=reserve, quota=quota, bytes_on_disk=written, paused=paused
+        disk_free=free,
+        disk_reserve=reserve,
+        quota=quota,
+        bytes_on_disk=written,
+        paused=paused,
+        full_at=full_at,
     )
     assert (got is None) if expect is None else (got is not None and expect in got)
 

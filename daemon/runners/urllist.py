@@ -80,16 +80,29 @@ class _Rate:
         self.last = (now, samples, nbytes)
 
 
+# After a shard ran out of space, claiming waits until this much more is free.
+FULL_MARGIN = 64 << 20
+
+
 def hold_reason(
-    *, disk_free: int, disk_reserve: int, quota: int | None, bytes_on_disk: int, paused: bool
+    *,
+    disk_free: int,
+    disk_reserve: int,
+    quota: int | None,
+    bytes_on_disk: int,
+    paused: bool,
+    full_at: int | None = None,
 ) -> str | None:
-    """Why the runner claims no new shard now (None: it may). Pure."""
+    """Why the runner claims no new shard now (None: it may). ``full_at``: the free
+    space when a shard last hit ENOSPC. Pure."""
     if paused:
         return "paused by user"
     if quota is not None and bytes_on_disk >= quota:
         return f"quota reached: {bytes_on_disk} of max_bytes_on_disk {quota} bytes"
     if disk_free < disk_reserve:
         return "waiting for disk: free space is below the reserve"
+    if full_at is not None and disk_free < full_at + FULL_MARGIN:
+        return "waiting for disk: a shard ran out of space"
     return None
 
 
@@ -111,6 +124,7 @@ class UrllistRunner:
         self._pool_factory = pool_factory
         self._stop = threading.Event()
         self.paused = False
+        self._full_at: int | None = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> threading.Thread:
@@ -175,12 +189,15 @@ class UrllistRunner:
                 counts = queue.counts(s.job)
                 live_bytes = sum(f.bytes for f in inflight.values())
                 free, reserve = self._disk()
+                if self._full_at is not None and free >= self._full_at + FULL_MARGIN:
+                    self._full_at = None
                 hold = hold_reason(
                     disk_free=free,
                     disk_reserve=reserve,
                     quota=s.quota,
                     bytes_on_disk=counts.bytes + live_bytes,
                     paused=self.paused,
+                    full_at=self._full_at,
                 )
                 room = s.workers - len(inflight)
                 if hold is None and room > 0:
@@ -240,6 +257,10 @@ class UrllistRunner:
         except Exception as exc:
             code = getattr(exc, "code", "internal.error")
             text = f"{code}: {exc}"
+            if code == "disk.full":
+                # Not the shard's fault: hold claims until space comes back, so that a
+                # full disk does not use up the shard's deliveries.
+                self._full_at = self._disk()[0]
             state = queue.nack(f.lease, text, requeue=True)
             self._post(UrllistShardEnded(s.job, s.token, shard_id, f.name, error=text, state=state))
             return isinstance(exc, BrokenProcessPool)
