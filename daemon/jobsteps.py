@@ -34,6 +34,9 @@ class JobSteps:
             return
         if self.svc.desk.busy(job_id):
             return  # its files are still going into the store
+        if job.kind == "urllist":
+            self.svc.urllist.files_done(job)
+            return
         counts = self.svc.store.job_totals(job_id).counts
         if set(counts) != {FileState.DONE}:
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from acquired.daemon.config import Config
+from acquired.daemon.urllist_messages import UrllistMessage
 
 
 class Reply:
@@ -224,4 +225,5 @@ Message = (
     | Stop
     | ManifestLoaded
     | IntakeParsed
+    | UrllistMessage
 )

@@ -220,6 +220,7 @@ class Scheduler:
             token, handle, _, _ = self.svc.jobsteps.finishing.pop(job_id)
             handle.cancel()
             self.draining.setdefault(job_id, set()).add(token)
+        self.svc.urllist.drop(job_id)
         carried = self.svc.store.carry_over(job_id)
         self.svc.store.delete_job(job_id)
         self.svc.manifests.drop(job_id)

@@ -33,6 +33,7 @@ from acquired.daemon.jobcache import ManifestCache
 from acquired.daemon.jobsteps import JobSteps
 from acquired.daemon.kinds import JobKind
 from acquired.daemon.kinds.files import FilesKind
+from acquired.daemon.kinds.urllist import UrllistKind
 from acquired.daemon.lifecycle import (
     STRICT,
     Effect,
@@ -134,7 +135,8 @@ class Service:
         )
         self.scheduler = Scheduler(self)
         self.files = FilesKind(self)
-        self.kinds: dict[str, JobKind] = {self.files.name: self.files}
+        self.urllist = UrllistKind(self)
+        self.kinds: dict[str, JobKind] = {self.files.name: self.files, "urllist": self.urllist}
         self.torrent = TorrentFlow(self)
         self.outcomes = Outcomes(self)
         self.jobsteps = JobSteps(self)
@@ -272,6 +274,7 @@ class Service:
             handle.cancel()
         waits = [a.thread for a in self.active.values() if a.thread is not None]
         waits += [t for _, _, t, _ in self.jobsteps.finishing.values()]
+        waits += self.urllist.shutdown()
         deadline = time.monotonic() + 10
         for w in waits:
             left = max(deadline - time.monotonic(), 0.1)

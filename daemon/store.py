@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from acquired.daemon import shardstore
 from acquired.daemon.lifecycle import Event, decide, sources_of
 from acquired.daemon.schema import MIGRATIONS, expect_key, spec_digests
 from acquired.daemon.store_status import JobTotals, StatusQueries
@@ -131,12 +132,20 @@ class Store(StatusQueries):
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            shardstore.migrate(self._db)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
+
+    def work_queue(self) -> shardstore.SqliteWorkQueue:
+        """The URL-list work queue on this store's connection (the state thread's); its
+        writes join the state loop's batch."""
+        from acquired.daemon.turnqueue import TurnQueue
+
+        return TurnQueue(self._db)
 
     @property
     def schema_version(self) -> int:

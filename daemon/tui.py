@@ -27,6 +27,7 @@ from rich.text import Text
 
 from acquired.common.redact import redact_value
 from acquired.daemon.units import format_bytes, format_duration, format_rate
+from acquired.daemon.urllist_tui import urllist_table
 
 #: Recent events shown under the transfers, and job rows shown at most.
 MAX_EVENTS = 8
@@ -337,6 +338,9 @@ class StatusView:
         if jobs:
             yield Rule("jobs", style="dim", align="left")
             yield jobs_table(jobs, width, limit=None if self.all_jobs else MAX_JOBS)
+            if (lists := urllist_table(jobs)) is not None:
+                yield Rule("URL lists", style="dim", align="left")
+                yield lists
         events = snap.get("events") or []
         if events:
             yield Rule("recent events", style="dim", align="left")

@@ -76,6 +76,7 @@ class Views:
                     "source": ", ".join(sorted({a.source for a in mine})) or None,
                     "reason": self.job_reason(job.id, totals.counts),
                     "warnings": job.warnings,
+                    **self.svc.urllist.view(job),
                 }
             )
         counts = self.svc.store.state_counts()
@@ -185,6 +186,7 @@ class Views:
             "files_total": totals.files_total,
             "files": files,
             "events": self.svc.store.recent_events(limit=30, job_id=job_id),
+            **self.svc.urllist.view(job),
         }
 
     def doctor(self) -> dict[str, Any]:
@@ -221,6 +223,8 @@ class Views:
                     reason = {"pause": "paused by user", "cancel": "cancelled by user"}.get(cmd)
                     self.svc.move(row.id, COMMAND_EVENTS[cmd], reason=reason)
                 changed += 1
+        if self.svc.urllist.command(cmd, job_id):
+            changed += 1
         job = self.svc.store.get_job(job_id)
         if cmd == "retry" and job is not None and job.finish == "failed":
             self.svc.store.set_finish(job_id, "pending")
@@ -247,6 +251,8 @@ class Views:
                 LOG.warning("test fault: the state thread stops responding")
                 while True:
                     time.sleep(3600)
+            if (answer := self.svc.urllist.answer(payload)) is not None:
+                return answer
             raise UnknownCommand(f"unknown command '{cmd}'")
         except (DaemonError, ManifestError) as exc:
             return error_reply(describe(exc))

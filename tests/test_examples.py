@@ -54,6 +54,14 @@ def test_published_checksums_are_the_ones_in_the_examples() -> None:
         "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
     }
     assert all(len(f.sources.mirrors) == 2 for f in mnist.values())
+    laion = load_manifest(EXAMPLES / "laion-sample-10k.toml")
+    assert laion.kind == "urllist" and laion.urllist is not None
+    assert laion.urllist.input == laion.files[0].path == "test_10000.parquet"
+    assert (laion.urllist.url_column, laion.urllist.caption_column) == ("URL", "TEXT")
+    assert (laion.files[0].size, laion.files[0].sha256) == (
+        1309243,
+        "cfa6bcb629614e66d4c286f0c9511a79482b9f5d5c42025b3622225660dea897",
+    )
     val = load_manifest(EXAMPLES / "imagenet-val.toml").files[0]
     assert val.sources.torrent is not None
     assert val.sources.torrent.kind == "academic_torrents"
