@@ -119,3 +119,32 @@ def test_a_failed_file_leaves_no_empty_part(tmp_path: Path) -> None:
             d.wait_job("gone", "failed")
             leftovers = [p.name for p in (d.data / "gone").rglob("*") if p.is_file()]
             assert leftovers == []
+
+
+def test_download_folder_swapped_for_a_link_while_paused(tmp_path: Path) -> None:
+    # The .part and the final rename are opened beneath the data root: a folder of the
+    # destination replaced by a link while the download is paused sends nothing outside.
+    data = payload(2_000_000, 5)
+    with HttpTestServer() as server:
+        url = server.add("/big.bin", data)
+        server.fault("/big.bin", Fault(rate=100_000), times=None)
+        with DaemonProcess(
+            tmp_path / "d", http={"connections_per_file": 1, "checkpoint_interval": 0.2}
+        ) as d:
+            other = neighbour(d)
+            d.drop("dl.toml", manifest("dl", "sub/big.bin", url, data))
+            d.wait_for(lambda: (j := d.job("dl")) and j["bytes_done"] > 50_000, 30, "progress")
+            assert d.ctl("pause", "dl").returncode == 0
+            d.wait_job("dl", "paused")
+            shutil.rmtree(d.data / "dl" / "sub")
+            os.symlink("../neighbour/train", d.data / "dl" / "sub")
+            before = snapshot(other)
+            server.clear_faults("/big.bin")
+            assert d.ctl("resume", "dl").returncode == 0
+            d.wait_job("dl", "failed")
+            error = error_of(d, "dl")
+            assert str(error["code"]).startswith("path."), error
+            assert "sub" in str(error["message"]) and error["hint"]
+            assert snapshot(other) == before
+            assert not (other / "train" / "big.bin").exists()
+            assert d.status()["daemon"]["pid"]
