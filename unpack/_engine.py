@@ -66,6 +66,7 @@ class Shared:
         self.lock = lock
 
     def add(self, entries: int, nbytes: int, consumed: int) -> tuple[int, int, bool]:
+        """Add one worker's counts; the totals so far and whether the extraction was aborted."""
         with self.lock:
             self.array[ENTRIES] += entries
             self.array[BYTES] += nbytes
@@ -73,13 +74,16 @@ class Shared:
             return self.array[ENTRIES], self.array[BYTES], bool(self.array[ABORT])
 
     def abort(self) -> None:
+        """Ask every worker of this extraction to stop."""
         with self.lock:
             self.array[ABORT] = 1
 
     def aborted(self) -> bool:
+        """True once some worker asked all to stop."""
         return bool(self.array[ABORT])
 
     def consumed(self) -> int:
+        """Compressed bytes read so far by all workers."""
         return int(self.array[CONSUMED])
 
 
@@ -118,6 +122,7 @@ class Budget:
         self.input_pos: Callable[[], int] | None = None
 
     def entry(self) -> None:
+        """Count one entry against the entry limit."""
         self.entries += 1
         self._pe += 1
         safety.check_entries(self._global_entries + self._pe, self.allowed_entries, self.name)
@@ -143,11 +148,13 @@ class Budget:
             self.flush()
 
     def consumed(self, nbytes: int) -> None:
+        """Count compressed bytes read (the ratio check's denominator)."""
         self._pc += nbytes
         if self._pc >= _FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
+        """Share this worker's counts and check the limits against the totals."""
         entries, nbytes, aborted = self.shared.add(self._pe, self._pb, self._pc)
         self._pe = self._pb = self._pc = 0
         self._global_entries, self._global_bytes = entries, nbytes
@@ -282,6 +289,7 @@ class Writer:
     # -- entries -------------------------------------------------------------------------
 
     def directory(self, rel: str, member: str, mtime: float | None) -> None:
+        """Make a folder entry (never over a link placed by the archive)."""
         self._guard(rel, member)
         if rel in self.symlinks:
             raise LinkEscape(f"{member!r}: a folder over a symlink", member=member, symlink=rel)
@@ -425,6 +433,7 @@ class Writer:
         return total
 
     def symlink(self, rel: str, member: str, target: str) -> None:
+        """Make a symlink entry; where it points is checked again at placement."""
         self._guard(rel, member)
         self._ensure_parent(rel, member)
         path = os.path.join(self.root, rel)
@@ -437,6 +446,7 @@ class Writer:
         self.symlink_paths.append(path)
 
     def hardlink(self, rel: str, member: str, target_rel: str) -> None:
+        """Make a hard link to an entry already extracted (not to or through a symlink)."""
         self._guard(rel, member)
         # Not to (or through) a symlink either: a hard link to a symlink is refused.
         self._guard(target_rel + "/x", member)
@@ -498,12 +508,15 @@ class Window(io.RawIOBase):
         self.pos = 0
 
     def readable(self) -> bool:
+        """True: the view is for reading."""
         return True
 
     def seekable(self) -> bool:
+        """True: the view can seek."""
         return True
 
     def readinto(self, b: Any) -> int:
+        """Read into ``b`` from the current position, at most to the end of the view."""
         n = min(len(b), self.size - self.pos)
         if n <= 0:
             return 0
@@ -513,6 +526,7 @@ class Window(io.RawIOBase):
         return len(data)
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        """Move within the view (``whence`` as for files)."""
         if whence == io.SEEK_SET:
             self.pos = pos
         elif whence == io.SEEK_CUR:
@@ -522,6 +536,7 @@ class Window(io.RawIOBase):
         return self.pos
 
     def tell(self) -> int:
+        """The position within the view."""
         return self.pos
 
 
@@ -534,12 +549,15 @@ class Counting(io.RawIOBase):
         self.count = 0
 
     def readable(self) -> bool:
+        """True: the stream is for reading."""
         return True
 
     def readinto(self, b: Any) -> int:
+        """Read into ``b`` from the underlying stream, counting the bytes."""
         n = self.raw.readinto(b)  # type: ignore[attr-defined]
         self.count += n or 0
         return n or 0
 
     def seekable(self) -> bool:
+        """False: a counted stream is read once, in order."""
         return False

@@ -70,6 +70,7 @@ class Nested:
         self.count = 0
 
     def hook(self, member: str, rel: str, offset: int, size: int, src: Any) -> bool:
+        """Take an inner archive member for a worker process; False: extract it as a file."""
         if formats.format_from_name(rel) not in formats.CONTAINERS:
             return False
         dest = formats.strip_suffix(rel)
@@ -138,10 +139,12 @@ class Nested:
         self.on_wait()
 
     def finish(self) -> None:
+        """Wait for every inner archive still being extracted."""
         while self.pending:
             self._wait_some()
 
     def close(self, failed: bool) -> None:
+        """Stop the workers; on failure tell the ones still running to abort."""
         if failed:
             self.shared.abort()
         if self.pool is not None:
@@ -151,6 +154,7 @@ class Nested:
 
 
 def result_of(f: Future[InnerResult]) -> InnerResult:
+    """The result of one inner archive, a dead worker process told as a write failure."""
     try:
         return f.result()
     except BrokenProcessPool:
@@ -160,6 +164,7 @@ def result_of(f: Future[InnerResult]) -> InnerResult:
 
 
 def copy_stream(src: IO[bytes], path: Path, size: int, member: str) -> None:
+    """Copy ``size`` bytes of a member to ``path``; a short member is an error."""
     with open(path, "wb") as out:
         remaining = size
         while remaining:

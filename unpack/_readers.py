@@ -337,6 +337,8 @@ class InnerJob:
 
 @dataclass(frozen=True)
 class InnerResult:
+    """What one inner archive's extraction produced: counts and the links it placed."""
+
     entries: int
     files: int
     bytes: int
