@@ -163,12 +163,15 @@ def test_million_line_plan_is_fast_and_bounded(tmp_path: Path) -> None:
             )
     # In a fresh interpreter: this process's peak RSS holds whatever other tests used.
     code = (
-        "import json, resource, sys, time\n"
+        "import json, sys, time\n"
         "from acquired.sources.urllist.readers import plan_shards\n"
         "t = time.perf_counter()\n"
         "shards = plan_shards(sys.argv[1], None, 10_000)\n"
         "took = time.perf_counter() - t\n"
-        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so it would report
+        # the peak of the pytest process this child was forked from.
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "rss = int(hwm.split()[1]) / 1024\n"
         "print(json.dumps([len(shards), took, rss]))\n"
     )
     child = subprocess.run(

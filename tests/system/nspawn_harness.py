@@ -216,9 +216,13 @@ def _dependencies() -> list[str]:
     return list(project["dependencies"])
 
 
+# The folders that make up the acquired namespace package (pyproject's package-dir).
+PACKAGE_DIRS = ("common", "daemon", "sources", "unpack")
+
+
 def _source_digest() -> str:
     digest = hashlib.sha256()
-    for top in ("pyproject.toml", "README.md", "daemon", "sources", "unpack"):
+    for top in ("pyproject.toml", "README.md", *PACKAGE_DIRS):
         base = REPO / top
         paths = [base] if base.is_file() else sorted(base.rglob("*.py"))
         for path in paths:
@@ -261,7 +265,7 @@ def ensure_venv() -> Path:
         with tempfile.TemporaryDirectory(prefix="acquired-src-") as tmp:
             for top in ("pyproject.toml", "README.md"):
                 shutil.copy2(REPO / top, Path(tmp) / top)
-            for top in ("daemon", "sources", "unpack"):
+            for top in PACKAGE_DIRS:
                 shutil.copytree(
                     REPO / top, Path(tmp) / top, ignore=shutil.ignore_patterns("__pycache__")
                 )
