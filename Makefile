@@ -38,9 +38,12 @@ $(STAMP): pyproject.toml | system-deps
 run: setup
 	$(BIN)/acquired
 
-# As root this includes the system tests, which boot a real systemd in systemd-nspawn.
+# The tests spend most of their time waiting on real servers, daemons and swarms, so three
+# workers fit two cores (a test file stays on one worker: its fixtures are shared). Then,
+# as root, the system tests, which boot a real systemd in systemd-nspawn, one at a time.
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not system" -n 3 --dist loadfile
+	$(BIN)/pytest -m system tests/system
 
 systest: setup
 	$(BIN)/pytest -m system tests/system
