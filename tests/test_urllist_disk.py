@@ -5,8 +5,6 @@ when space comes back."""
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +15,6 @@ from support.image_server import ImageServer
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to mount a small tmpfs as the data root"
 )
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_below_the_reserve_no_shard_is_claimed_then_it_resumes(
