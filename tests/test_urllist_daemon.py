@@ -10,11 +10,17 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from support import urllist_jobs as uj
 from support.daemon import DaemonProcess
 from support.image_server import ImageServer
 
 FORMATS = ("txt", "csv", "jsonl", "parquet")
+
+
+def parent_of(pid: int) -> int:
+    """The parent of ``pid`` (from /proc)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def descendants(pid: int) -> list[int]:
@@ -176,7 +182,8 @@ def test_quota_pauses_the_job_with_its_reason(tmp_path: Path) -> None:
     assert os.path.isdir(d.data / "q")
 
 
-def test_a_worker_killed_mid_shard_is_replaced(tmp_path: Path) -> None:
+@pytest.mark.parametrize("victim", ["worker", "dedupe manager"])
+def test_a_worker_killed_mid_shard_is_replaced(tmp_path: Path, victim: str) -> None:
     with ImageServer() as server:
         corpus = uj.build(server, good=30, slow=0.3)
         with DaemonProcess(tmp_path) as d:
@@ -188,12 +195,16 @@ def test_a_worker_killed_mid_shard_is_replaced(tmp_path: Path) -> None:
                 "a shard in progress",
             )
             assert d.proc is not None
-            workers = [
+            forked = [
                 p
                 for p in descendants(d.proc.pid)
                 if "forkserver" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
             ]
-            os.kill(max(workers), 9)  # the newest: a worker, not the forkserver
+            server_pid = next(p for p in forked if parent_of(p) == d.proc.pid)
+            # Below the forkserver: the job's dedupe manager (started with the pool), then
+            # the workers (started as shards are submitted).
+            children = sorted(p for p in forked if parent_of(p) == server_pid)
+            os.kill(children[-1] if victim == "worker" else children[0], 9)
             fig = d.wait_job("w", "done", timeout=120)["urllist"]
             log = d.log()
     check_job(d.data / "w", corpus, fig, "txt")

@@ -29,6 +29,10 @@ from acquired.sources.urllist.shards import remove_temporaries, shard_name
 
 LOG = logging.getLogger("acquired.urllist")
 
+# A worker process or the job's dedupe manager process died (killed, out of memory): the
+# pool takes no more work; its shards go back to the queue and the job gets a new pool.
+POOL_GONE = (BrokenProcessPool, ConnectionError, EOFError)
+
 REPORT_EVERY = 1.0  # seconds between reports to the state thread
 LOOP_WAIT = 0.1  # seconds the runner sleeps when nothing is finished
 
@@ -164,11 +168,15 @@ class UrllistRunner:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                for p in pool.progress():
+                broken = False
+                try:
+                    reports = pool.progress()
+                except POOL_GONE:
+                    reports, broken = [], True
+                for p in reports:
                     f = inflight.get(p.shard_id)
                     if f is not None:
                         f.done, f.ok, f.bytes, f.total = p.done, p.ok, p.bytes, p.total
-                broken = False
                 for shard_id, f in list(inflight.items()):
                     if f.future.done():
                         del inflight[shard_id]
@@ -199,7 +207,8 @@ class UrllistRunner:
                     paused=self.paused,
                     full_at=self._full_at,
                 )
-                room = s.workers - len(inflight)
+                # A broken pool takes no new shard: it would only use up their deliveries.
+                room = 0 if broken else s.workers - len(inflight)
                 if hold is None and room > 0:
                     for lease in queue.claim(s.node, room, s.lease_s, jobs=[s.job]):
                         f = self._submit(pool, lease)
@@ -263,7 +272,7 @@ class UrllistRunner:
                 self._full_at = self._disk()[0]
             state = queue.nack(f.lease, text, requeue=True)
             self._post(UrllistShardEnded(s.job, s.token, shard_id, f.name, error=text, state=state))
-            return isinstance(exc, BrokenProcessPool)
+            return isinstance(exc, POOL_GONE)
         queue.record_failures(
             s.job,
             shard_id,
@@ -282,13 +291,19 @@ class UrllistRunner:
         samples = {"ok": result.statuses.get("ok", 0), **result.classes}
         samples = {k: v for k, v in samples.items() if v}
         queue.ack(f.lease, ShardSummary(samples, result.bytes_stored))
-        pool.save_index()
+        try:
+            pool.save_index()
+        except POOL_GONE:
+            # The shard is durable and acked; the pool is rebuilt from the saved index.
+            broken = True
+        else:
+            broken = False
         self._post(
             UrllistShardEnded(
                 s.job, s.token, shard_id, f.name, samples, result.bytes_stored, result.seconds
             )
         )
-        return False
+        return broken
 
     def _report(
         self,
