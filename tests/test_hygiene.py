@@ -46,3 +46,19 @@ def test_choice_policy_tests_run_without_libtorrent() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout and "libtorrent" not in done.stdout
+
+
+def test_every_package_folder_is_installed() -> None:
+    """An installed daemon (``make install``, the system tests) has only the packages
+    pyproject lists; an editable install would hide a missing one."""
+    import tomllib
+
+    root = TESTS.parent
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = set()
+    for name, folder in setuptools["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found - listed == set()
