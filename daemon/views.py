@@ -148,7 +148,9 @@ class Views:
     def queued_reason(self) -> str | None:
         """Why a queued file with no reason of its own waits: the slots are taken."""
         running = len(self.svc.active)
-        return f"queued: {running} files already running" if running else None
+        if not running:
+            return None
+        return f"queued: {running} file{'s' if running > 1 else ''} already running"
 
     def show(self, job_id: str) -> dict[str, Any]:
         """One job in detail: each file's state, attempts, source, error; recent events."""
