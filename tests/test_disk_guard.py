@@ -92,3 +92,46 @@ def test_full_disk_pauses_keeps_data_and_resumes(tmp_path: Path, small_fs: Path)
         )
         # The resume asked for the rest, not the whole file again.
         assert server.bytes_served("/u.bin") - served_before < len(data)
+
+
+def test_a_disk_wait_is_logged_when_it_starts_not_on_every_change(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    data = payload(20 * MiB, 12)
+    pieces = [small_fs / f"ballast{i}" for i in range(25)]
+    for piece in pieces:
+        fill(piece, MiB)  # leaves ~15 MiB: the 20 MiB file does not fit
+    with HttpTestServer() as server:
+        url = server.add("/f.bin", data)
+        entry = {
+            "path": "f.bin",
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "mirrors": [url],
+        }
+        with DaemonProcess(tmp_path, data_root=str(small_fs / "data"), disk_reserve="2MiB") as d:
+            d.drop("dw.toml", manifest("dw", [entry]))
+            seen = set()
+            d.wait_for(
+                lambda: (j := d.job("dw")) and "waiting for disk" in (j["reason"] or ""),
+                20,
+                "the job to wait for disk",
+            )
+            # Free space grows a MiB at a time, and the shown reason follows it ...
+            for piece in pieces[:4]:
+                piece.unlink()
+                reason = d.wait_for(
+                    lambda: (j := d.job("dw")) and j["reason"] not in seen and j["reason"],
+                    20,
+                    "the reason to show the new free space",
+                )
+                seen.add(reason)
+            for piece in pieces[4:]:
+                piece.unlink()
+            d.wait_job("dw", "done")
+            events = d.call({"cmd": "show", "job": "dw"})["events"]
+    # ... but the log says it once when the wait starts, and once when it ends.
+    waits = [e["message"] for e in events if "waiting for disk" in e["message"]]
+    assert len(seen) == 4
+    assert len(waits) == 1, waits
+    assert any("space is there" in e["message"] for e in events)
