@@ -5,25 +5,14 @@ Nothing is written outside the destination (a neighbouring dataset is snapshotte
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
+from support.archives import tar_gz_bytes as tar_gz
 from support.daemon import DaemonProcess
 from support.fstree import snapshot
 from support.http_server import Fault, HttpTestServer, payload
-
-
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def manifest(job: str, path: str, url: str, data: bytes, unpack: str = "") -> str:

@@ -5,25 +5,14 @@ at intake naming the field; the longest accepted name is fetched and extracted f
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from pathlib import Path
 
+from support.archives import tar_gz_bytes as tar_gz
 from support.daemon import DaemonProcess
 from support.http_server import HttpTestServer
 
 LONGEST = "n" * 243 + ".tar.gz"  # 250 bytes: with ".part", exactly NAME_MAX
 TOO_LONG = "n" * 244 + ".tar.gz"  # 251 bytes
-
-
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def manifest(job: str, path: str, url: str, data: bytes) -> str:

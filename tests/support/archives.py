@@ -146,6 +146,17 @@ def make_zip(
     return path
 
 
+def tar_gz_bytes(members: Mapping[str, bytes]) -> bytes:
+    """A .tar.gz of regular files, in memory (for a loopback server to serve)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def compress_bytes(data: bytes, compression: str) -> bytes:
     """``data`` compressed as a single gz, bz2, xz or zst file."""
     buf = io.BytesIO()
