@@ -182,42 +182,26 @@ def run_acquired_child(urls: str, out: str, resize: str, exact: bool = True) -> 
     print("SUMMARY " + json.dumps(summary))
 
 
-def check_acquired(out: Path, rows: int) -> dict[str, int]:
-    """Every row in a parquet, tar members = ok rows, stats present; counts by status."""
+def check_output(out: Path, rows: int, tool: str = "acquired") -> dict[str, int]:
+    """Every row in a parquet, tar members = the rows that succeeded (acquired also writes
+    a stats file per shard); counts by status."""
     import pyarrow.parquet as pq
 
+    good = "ok" if tool == "acquired" else "success"
     statuses: dict[str, int] = {}
     seen = 0
     for parquet in sorted(out.glob("*.parquet")):
         table = pq.read_table(parquet, columns=["key", "status"]).to_pylist()
-        ok = {r["key"] for r in table if r["status"] == "ok"}
+        ok = {r["key"] for r in table if r["status"] == good}
         with tarfile.open(out / f"{parquet.stem}.tar") as tar:
             members = {n.rsplit(".", 1)[0] for n in tar.getnames()}
-        assert members == ok, f"{parquet}: tar members differ from ok rows"
-        assert (out / f"{parquet.stem}_stats.json").is_file()
+        assert members == ok, f"{parquet}: tar members differ from the {good} rows"
+        if tool == "acquired":
+            assert (out / f"{parquet.stem}_stats.json").is_file()
         seen += len(table)
         for r in table:
             statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    assert seen == rows, f"acquired accounted {seen} rows of {rows}"
-    return statuses
-
-
-def check_img2dataset(out: Path, rows: int) -> dict[str, int]:
-    """Every row in a parquet, tar members = successes; counts by status."""
-    import pyarrow.parquet as pq
-
-    statuses: dict[str, int] = {}
-    seen = 0
-    for parquet in sorted(out.glob("*.parquet")):
-        table = pq.read_table(parquet, columns=["key", "status"]).to_pylist()
-        ok = {r["key"] for r in table if r["status"] == "success"}
-        with tarfile.open(out / f"{parquet.stem}.tar") as tar:
-            members = {n.rsplit(".", 1)[0] for n in tar.getnames()}
-        assert members == ok, f"{parquet}: tar members differ from successes"
-        seen += len(table)
-        for r in table:
-            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    assert seen == rows, f"img2dataset accounted {seen} rows of {rows}"
+    assert seen == rows, f"{tool} accounted {seen} rows of {rows}"
     return statuses
 
 
@@ -277,8 +261,7 @@ def main() -> None:
                 wall, cpu, rc = timed(cmd, log)
                 if rc != 0:
                     raise SystemExit(f"{tool} failed (exit {rc}); see {log}")
-                check = check_acquired if tool == "acquired" else check_img2dataset
-                statuses = check(out, rows)
+                statuses = check_output(out, rows, tool)
                 results.append((tool, mode, wall, cpu, statuses))
                 print(
                     f"{tool:12s} resize={mode:3s} {wall:7.1f} s wall {cpu:7.1f} CPU-s "
@@ -319,7 +302,7 @@ def run_alone(nginx: Nginx, paths: list[str]) -> str:
     wall, cpu, rc = timed(cmd, log)
     if rc != 0:
         raise SystemExit(f"acquired failed (exit {rc}); see {log}")
-    statuses = check_acquired(out, ALONE)
+    statuses = check_output(out, ALONE)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e9
     return (
