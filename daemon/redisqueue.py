@@ -14,8 +14,10 @@ and are delivered after the reconnection (with backoff); claiming pauses meanwhi
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +44,7 @@ from .workqueue import (
     Lease,
     LeaseLost,
     QueueCounts,
+    QueueError,
     QueueJob,
     ShardSpec,
     ShardState,
@@ -55,7 +58,10 @@ __all__ = [
     "connect",
     "connect_cluster",
     "read_password",
+    "start_cluster_check",
 ]
+
+LOG = logging.getLogger("acquired.cluster")
 
 MIN_REDIS_VERSION = (6, 2, 0)
 _PUBLISH_CHUNK = 1000
@@ -186,6 +192,43 @@ def connect_cluster(settings: ClusterSettings, **kwargs: Any) -> RedisWorkQueue:
     )
 
 
+def check_cluster(settings: ClusterSettings) -> QueueError | None:
+    """Connect once as the daemon starts, so that a wrong URL, a refused password or an
+    old server is in the log (journald) with its code and hint before any job needs the
+    fleet; returns the error, None when the server is usable. Never raises."""
+    shown = redact(settings.redis_url)
+    try:
+        queue = connect_cluster(settings)
+    except QueueError as exc:
+        LOG.error(
+            "[cluster] %s — %s (jobs on this node alone go on)",
+            exc,
+            exc.hint,
+            extra={"code": exc.code},
+        )
+        return exc
+    try:
+        version = queue.client.info("server").get("redis_version", "?")
+    except (redis.RedisError, OSError):
+        version = "?"
+    finally:
+        queue.close()
+    LOG.info("[cluster] node %s on Redis %s at %s", settings.node_name, version, shown)
+    return None
+
+
+def start_cluster_check(settings: ClusterSettings | None) -> threading.Thread | None:
+    """:func:`check_cluster` on a thread of its own (a server that does not answer may
+    take the connection timeout, which start-up does not wait for)."""
+    if settings is None:
+        return None
+    thread = threading.Thread(
+        target=check_cluster, args=(settings,), name="cluster-check", daemon=True
+    )
+    thread.start()
+    return thread
+
+
 class RedisWorkQueue(RedisFailures):
     """:class:`~acquired.daemon.workqueue.WorkQueue` on Redis Streams, plus what a fleet
     needs beyond it: node heartbeats, the shard index, the buffered reports.
@@ -210,7 +253,7 @@ class RedisWorkQueue(RedisFailures):
         self.prefix = prefix
         self.max_deliveries = max_deliveries
         self._clock = clock
-        self._backoff = backoff or ExponentialWithJitterBackoff(base=0.5, cap=30.0)
+        self._backoff = backoff or ExponentialWithJitterBackoff(base=0.5, cap=10.0)
         self.round_trips = 0  # calls to the server (a pipeline or a script is one)
         self._failures = 0
         self._retry_at = 0.0

@@ -22,6 +22,7 @@ from typing import Any
 
 from acquired.daemon.kinds.urllist_plan import shard_slice
 from acquired.daemon.runners import Post
+from acquired.daemon.runners.urllist_link import QueueLink, open_with_backoff
 from acquired.daemon.urllist_messages import UrllistEnded, UrllistReport, UrllistShardEnded
 from acquired.daemon.workqueue import FailedSample, Lease, LeaseLost, ShardSummary, WorkQueue
 from acquired.sources.urllist.settings import InputSettings, UrlListSettings
@@ -151,9 +152,16 @@ class UrllistRunner:
             error = exc
         self._post(UrllistEnded(self.s.job, self.s.token, finished, error))
 
+    def _waiting(self, reason: str) -> None:
+        self._post(UrllistReport(self.s.job, self.s.token, {}, {}, 0, hold=reason))
+
     def _run(self) -> bool:
         s = self.s
-        queue = self._open_queue()
+        opened = open_with_backoff(self._open_queue, self._stop, self._waiting, s.job)
+        if opened is None:
+            return False
+        queue = opened
+        link = QueueLink(queue, s.job)
         # No worker of this job runs yet (those of a killed daemon died with it): what a
         # shard left half-written goes before the shard is redone.
         s.out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,9 +189,9 @@ class UrllistRunner:
                     if f.future.done():
                         del inflight[shard_id]
                         broken |= self._finish(queue, pool, f)
-                    elif now - f.renewed >= s.lease_s / 3:
+                    elif now - f.renewed >= s.lease_s / 3 and not link.down:
                         try:
-                            f.lease = queue.renew(f.lease, s.lease_s)
+                            f.lease = link.renew(f.lease, s.lease_s)
                         except LeaseLost:
                             # Another consumer holds it now; our work may still ack first.
                             LOG.warning("[%s] lost the lease of shard %s", s.job, f.name)
@@ -194,12 +202,15 @@ class UrllistRunner:
                     LOG.warning("[%s] a worker process died; starting new ones", s.job)
                     pool.close(wait=False)
                     pool = self._pool_factory(s)
-                counts = queue.counts(s.job)
+                # The counts are read here only for a quota, or to learn what came
+                # back while Redis was away; otherwise once a report (each round trip
+                # of every node of a fleet costs the one Redis server).
+                counts = link.refresh() if s.quota is not None or link.down else link.counts
                 live_bytes = sum(f.bytes for f in inflight.values())
                 free, reserve = self._disk()
                 if self._full_at is not None and free >= self._full_at + FULL_MARGIN:
                     self._full_at = None
-                hold = hold_reason(
+                hold = link.hold() or hold_reason(
                     disk_free=free,
                     disk_reserve=reserve,
                     quota=s.quota,
@@ -223,9 +234,10 @@ class UrllistRunner:
                         )
                 if now - last_report >= REPORT_EVERY or not inflight:
                     last_report = now
-                    counts = queue.counts(s.job)
-                    self._report(queue, counts, inflight, rate, hold)
-                    if counts.finished and not inflight:
+                    counts = link.refresh()
+                    hold = link.hold() or hold
+                    self._report(link, counts, inflight, rate, hold)
+                    if link.fresh and counts.finished and not inflight:
                         return True
                 time.sleep(LOOP_WAIT) if not any(
                     f.future.done() for f in inflight.values()
@@ -307,7 +319,7 @@ class UrllistRunner:
 
     def _report(
         self,
-        queue: WorkQueue,
+        link: QueueLink,
         counts: Any,
         inflight: dict[int, _InFlight],
         rate: _Rate,
@@ -321,7 +333,7 @@ class UrllistRunner:
         dead = (
             [
                 {"shard": d.shard_id, "deliveries": d.deliveries, "error": d.last_error}
-                for d in queue.dead(s.job)
+                for d in link.call(lambda: link.queue.dead(s.job), [])
             ]
             if counts.shards.get("dead")
             else []
