@@ -85,12 +85,15 @@ class QueueLink:
         return int(status()["buffered"]) if status is not None else 0
 
     def _down(self, exc: ClusterUnreachable) -> None:
-        self._error = str(exc)
+        # The connection's own error, not the "next attempt in ..." of a call refused
+        # during the backoff: the reason shown must not change every second.
+        status = getattr(self.queue, "status", None)
+        self._error = (status()["last_error"] if status is not None else "") or str(exc)
         if self._down_since is None:
             self._down_since = time.monotonic()
             LOG.warning(
-                "[%s] Redis unreachable: %s; claiming paused, the shards in hand go on "
-                "and their acks are buffered; reconnecting with backoff",
+                "[%s] %s; claiming paused, the shards in hand go on and their acks are "
+                "buffered; reconnecting with backoff",
                 self.job,
                 exc,
                 extra={"job": self.job, "code": exc.code},

@@ -84,14 +84,14 @@ def daemons(
         yield nodes
 
 
-def submit(nodes: list[DaemonProcess], c: FleetCorpus, shard_size: int) -> None:
+def submit(nodes: list[DaemonProcess], c: FleetCorpus, shard_size: int, per_host: int = 8) -> None:
     """The input on every node (node-local disks), then the same manifest dropped on every
     node: one job in the fleet."""
     first = nodes[0].data / JOB
     uj.write_input(first, "parquet", uj.Corpus(urls=c.urls))
     for node in nodes[1:]:
         shutil.copytree(first, node.data / JOB)
-    text = manifest(shard_size)
+    text = manifest(shard_size, per_host)
     for node in nodes:
         node.drop(f"{JOB}.toml", text)
 
@@ -155,16 +155,30 @@ def _rows(rows: list[dict[str, Any]]) -> list[tuple[int, str, str | None]]:
 
 
 def figures(node: DaemonProcess) -> dict[str, Any]:
-    """The URL-list figures of the job in a node's status."""
+    """The URL-list figures of the job in a node's status ({} before it has any)."""
     job = node.job(JOB)
-    assert job is not None
-    return dict(job["urllist"])
+    return dict((job or {}).get("urllist") or {})
 
 
 def reason(node: DaemonProcess) -> str:
     """The job's reason in a node's status (empty if none)."""
     job = node.job(JOB)
     return str((job or {}).get("reason") or "")
+
+
+def started_shards(node: DaemonProcess) -> list[str]:
+    """The names of the shards a node's log says it started, in order."""
+    out = []
+    for line in log_lines(node, " started ("):
+        word = line.split("shard ", 1)[1].split(" ", 1)[0]
+        out.append(word)
+    return out
+
+
+def served(server: ImageServer, c: FleetCorpus, shard_id: int, size: int) -> int:
+    """How many of a shard's images the server has answered so far."""
+    rows = range(shard_id * size, min((shard_id + 1) * size, len(c.urls)))
+    return sum(server.hits(f"/f/{i}.jpg") for i in rows if i not in c.missing)
 
 
 def log_lines(node: DaemonProcess, needle: str) -> list[str]:
