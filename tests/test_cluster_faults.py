@@ -5,18 +5,79 @@ middle of a shard, Redis away for ten seconds, and a [cluster] section that cann
 from __future__ import annotations
 
 import hashlib
+import logging
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+from redis.backoff import NoBackoff
 from support import fleet
 from support.daemon import DaemonProcess, write_config
 from support.image_server import ImageServer
 from support.images import jpeg
 from support.manifests import manifest as files_manifest
 from support.redis_server import RedisServer, free_port
+
+from acquired.daemon.redisqueue import connect
+from acquired.daemon.runners.urllist_link import QueueLink, unreachable_reason
+from acquired.daemon.workqueue import QueueJob, ShardSummary, plan_shards
+
+
+@pytest.mark.parametrize(
+    ("error", "buffered", "reason"),
+    [
+        ("Connection refused.", 0, "waiting for Redis (claiming paused): Connection refused."),
+        (
+            "Connection refused.",
+            3,
+            "waiting for Redis (claiming paused; 3 shard report(s) buffered): Connection refused.",
+        ),
+    ],
+)
+def test_unreachable_reason(error: str, buffered: int, reason: str) -> None:
+    assert unreachable_reason(error, buffered) == reason
+
+
+def test_the_runner_s_link_through_an_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner's view of its queue while Redis is away: the last counts, the lease
+    kept, the reports buffered and counted in the reason, then delivered."""
+    caplog.set_level(logging.INFO, logger="acquired.urllist")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        q = connect(server.url, node="n1", backoff=NoBackoff())
+        q.publish(QueueJob("j", "d1"), plan_shards("j", 30, 10))
+        link = QueueLink(q, "j")
+        before = link.refresh()
+        assert link.fresh and before.shards["queued"] == 3 and link.hold() is None
+        [lease] = q.claim("n1", 1, 30)
+        server.stop()
+        assert link.refresh() == before and not link.fresh and link.down
+        assert link.renew(lease, 30) is lease
+        assert link.call(lambda: q.dead("j"), "unknown") == "unknown"
+        q.ack(lease, ShardSummary({"ok": 10}, 100))
+        reason = link.hold()
+        assert reason is not None
+        assert reason.startswith("waiting for Redis (claiming paused; 1 shard report(s) buffered)")
+        server.start()
+        deadline = time.monotonic() + 30
+        link.refresh()
+        while not link.fresh:
+            assert time.monotonic() < deadline, "the link did not come back"
+            time.sleep(0.05)
+            link.refresh()
+        assert link.hold() is None and not link.down and link.buffered == 0
+        assert link.counts.shards["done"] == 1 and dict(link.counts.samples) == {"ok": 10}
+        q.close()
+    finally:
+        server.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("Redis unreachable" in m for m in said) == 1, said
+    assert sum("Redis reachable again" in m for m in said) == 1, said
 
 
 def test_a_killed_node_s_shards_are_taken_over_after_the_lease(tmp_path: Path) -> None:
