@@ -509,32 +509,37 @@ class RedisWorkQueue(RedisFailures):
 
     def recover(self, consumer: str) -> int:
         """See :meth:`WorkQueue.recover`."""
+        return sum(self.recover_job(job, consumer) for job in self._jobs(None))
+
+    def recover_job(self, job: str, consumer: str) -> int:
+        """Give back at once the shards of ``job`` still pending under ``consumer`` (a
+        runner starting on this node holds none: they are from its previous life, killed
+        or stopped while Redis was away), instead of leaving them to the lease."""
+        k = self._keys(job)
+        pending = self._call(
+            partial(
+                self.client.xpending_range,
+                k.stream,
+                GROUP,
+                "-",
+                "+",
+                100_000,
+                consumername=consumer,
+            )
+        )
         count = 0
-        for job in self._jobs(None):
-            k = self._keys(job)
-            pending = self._call(
+        for p in pending:
+            state = self._call(
                 partial(
-                    self.client.xpending_range,
-                    k.stream,
-                    GROUP,
-                    "-",
-                    "+",
-                    100_000,
-                    consumername=consumer,
+                    self._nack_call,
+                    k,
+                    p["message_id"],
+                    consumer,
+                    "interrupted: the node restarted",
+                    True,
                 )
             )
-            for p in pending:
-                state = self._call(
-                    partial(
-                        self._nack_call,
-                        k,
-                        p["message_id"],
-                        consumer,
-                        "interrupted: the node restarted",
-                        True,
-                    )
-                )
-                count += state in ("queued", "dead")
+            count += state in ("queued", "dead")
         return count
 
     # -- views --------------------------------------------------------------------------

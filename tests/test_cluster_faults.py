@@ -26,6 +26,28 @@ from acquired.daemon.runners.urllist_link import QueueLink, unreachable_reason
 from acquired.daemon.workqueue import QueueJob, ShardSummary, plan_shards
 
 
+def test_a_restarted_node_gives_its_shards_back_without_waiting_for_the_lease(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        before = connect(server.url, node="a")
+        before.publish(QueueJob("j", "d1"), plan_shards("j", 40, 10))
+        held = before.claim("a", 2, 300)
+        before.close()  # killed: its two shards stay pending under "a"
+        after = connect(server.url, node="a")
+        other = connect(server.url, node="b")
+        assert QueueLink(after, "j").recover("a") == 2
+        taken = {lease.shard.shard_id for lease in other.claim("b", 4, 300)}
+        assert taken == {0, 1, 2, 3}, taken
+        assert {lease.shard.shard_id for lease in held} <= taken
+        assert QueueLink(after, "j").recover("a") == 0
+        after.close()
+        other.close()
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     ("error", "buffered", "reason"),
     [

@@ -162,6 +162,9 @@ class UrllistRunner:
             return False
         queue = opened
         link = QueueLink(queue, s.job)
+        back = link.recover(s.node)
+        if back:
+            LOG.info("[%s] %d shard(s) this node held before are queued again", s.job, back)
         # No worker of this job runs yet (those of a killed daemon died with it): what a
         # shard left half-written goes before the shard is redone.
         s.out_dir.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,15 @@ class QueueLink:
         self.fresh = True
         return self.counts
 
+    def recover(self, consumer: str) -> int:
+        """Give back the job's shards still pending under ``consumer`` from an earlier
+        life of this node (a fleet's queue only; the SQLite queue does it for every job
+        when the daemon starts); 0 while Redis is unreachable (the lease then does it)."""
+        recover = getattr(self.queue, "recover_job", None)
+        if recover is None:
+            return 0
+        return int(self.call(lambda: recover(self.job, consumer), 0))
+
     def renew(self, lease: Lease, lease_s: float) -> Lease:
         """Renew ``lease``; while Redis is unreachable the old lease is kept (the shard is
         worked on and acked once the server is back). Raises ``LeaseLost``."""
