@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -221,10 +222,12 @@ def test_a_cluster_that_cannot_work_leaves_the_daemon_running(tmp_path: Path) ->
         with ImageServer() as server:
             gone = {"redis_url": f"redis://127.0.0.1:{free_port()}/0", "node": "gone"}
             refused = {"redis_url": redis.url, "node": "refused", "password_file": str(wrong)}
-            with (
-                DaemonProcess(tmp_path / "gone", cluster=gone) as d_gone,
-                DaemonProcess(tmp_path / "refused", cluster=refused) as d_refused,
-            ):
+            d_gone = DaemonProcess(tmp_path / "gone", cluster=gone)
+            d_refused = DaemonProcess(tmp_path / "refused", cluster=refused)
+            with ExitStack() as stack:
+                for d in (d_gone, d_refused):
+                    fleet.start(d)
+                    stack.push(d.__exit__)
                 for d, code, hint in (
                     (d_gone, "cluster.unreachable", "Check that redis-server runs"),
                     (d_refused, "cluster.auth_failed", "password_file"),

@@ -80,8 +80,19 @@ def daemons(
     ]
     with ExitStack() as stack:
         for node in nodes:
-            stack.enter_context(node)
+            start(node)
+            stack.push(node.__exit__)
         yield nodes
+
+
+def start(node: DaemonProcess) -> DaemonProcess:
+    """Start a daemon, waiting longer than usual for its socket: a fleet test starts
+    several on a machine whose cores other tests share."""
+    try:
+        return node.start(timeout=90)
+    except BaseException:
+        node.stop()  # a daemon that never answered must not outlive the test
+        raise
 
 
 def submit(nodes: list[DaemonProcess], c: FleetCorpus, shard_size: int, per_host: int = 8) -> None:
