@@ -25,7 +25,6 @@ from acquired.daemon.logs import setup_logging, under_systemd
 from acquired.daemon.messages import InboxFile, Reload, TorrentEvent, WatchedFile
 from acquired.daemon.metrics import Metrics
 from acquired.daemon.notify import Notifier
-from acquired.daemon.redisqueue import start_cluster_check
 from acquired.daemon.service import VERSION, Service
 from acquired.daemon.store import Store
 from acquired.daemon.torrents import engine_settings
@@ -156,7 +155,10 @@ def _run(args: argparse.Namespace, config: Config, notifier: Notifier, signals: 
         LOG.error("metrics endpoint not started: %s", info.message, extra={"code": info.code})
     service = Service(config, store, notifier=notifier, metrics=metrics)
     signals.attach(service)
-    start_cluster_check(config.cluster)
+    if config.cluster is not None:
+        from acquired.daemon.redisqueue import start_cluster_check  # redis: a fleet only
+
+        start_cluster_check(config.cluster)
 
     engine: TorrentEngine | None = None
     try:
