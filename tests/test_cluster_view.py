@@ -70,13 +70,11 @@ def test_job_dropped_on_one_node_is_shared_seen_retried_and_indexed(tmp_path: Pa
                 # The input at the same path under each node's data root; the manifest
                 # only on a.
                 shutil.copytree(a.data / "fleet", b.data / "fleet")
-                t0 = time.monotonic()
                 a.drop("fleet.toml", uj.manifest("fleet", inp, fmt="parquet", shard_size=8))
 
                 # b finds the job in Redis and takes shards while a holds its own.
                 fleet = b.wait_for(lambda: _both_hold_shards(b), 60, "a and b to hold shards")
                 assert fleet["node"] == "b" and fleet["redis"] == "ok"
-                print(f"T both hold shards {time.monotonic() - t0:.1f}")
                 during = b.wait_for(
                     lambda: len(_fig(b, "fleet").get("nodes") or []) == 2 and _fig(b, "fleet"),
                     30,
@@ -103,7 +101,6 @@ def test_job_dropped_on_one_node_is_shared_seen_retried_and_indexed(tmp_path: Pa
                     )
                     assert fig["shards_done"] == fig["shards_total"]
                     assert fig["failures"].get("http_5xx") == len(corpus.flaky)
-                print(f"T both done {time.monotonic() - t0:.1f}")
                 status = b.status()
                 assert {x["node"] for x in status["fleet"]["nodes"] if x["alive"]} == {"a", "b"}
                 shards = _fig(b, "fleet")["shards_total"]
@@ -123,7 +120,6 @@ def test_job_dropped_on_one_node_is_shared_seen_retried_and_indexed(tmp_path: Pa
                         assert r["samples_ok"] + r["samples_failed"] == stats["rows"], r
                 assert sum(r["samples_ok"] for r in rows) == n - sum(fig["failures"].values())
 
-                print(f"T indexes {time.monotonic() - t0:.1f}")
                 # Healed, the flaky URLs are fetched once more through b; nothing else is.
                 corpus.heal(server)
                 before = {p: server.hits(p) for p in corpus.bodies}
@@ -150,7 +146,6 @@ def test_job_dropped_on_one_node_is_shared_seen_retried_and_indexed(tmp_path: Pa
                 assert sorted(r["shard"] for r in rows) == list(range(shards + 1))
                 assert rows[-1]["samples_ok"] == len(corpus.flaky)
 
-                print(f"T retried {time.monotonic() - t0:.1f}")
                 # Forgotten on b: gone from Redis for every node.
                 b.wait_job("fleet", "done", timeout=30)
                 out = b.ctl("forget", "fleet")
