@@ -19,6 +19,8 @@ from support.daemon import DaemonProcess
 from support.image_server import ImageServer, Route
 from support.redis_server import RedisServer
 
+from acquired.daemon.commands.urllist import render_figures
+from acquired.daemon.fleet_tui import fleet_line
 from acquired.daemon.fleetview import node_rows, to_offer
 from acquired.daemon.jobindex import index_rows
 from acquired.daemon.tui import render_status
@@ -202,6 +204,10 @@ def test_control_socket_answers_from_the_snapshot_while_redis_is_down(tmp_path: 
             error = d.call({"cmd": "show", "job": "ghost"})["job_steps"]["error"]
             assert error["code"] == "cluster.input_missing", error
             assert "urls.txt" in error["message"] and "same path" in error["hint"]
+            started = time.monotonic()
+            d.status()
+            took = time.monotonic() - started
+            print(f"status over the control socket with Redis running: {took:.3f} s")
             redis.stop()
             fleet = d.wait_for(
                 lambda: (f := d.status()["fleet"])["redis"] == "unreachable" and f,
@@ -274,3 +280,34 @@ def test_index_rows_one_per_shard_in_order() -> None:
         (2, "b", 3, "00002.tar"),
     ]
     assert index_rows({4: "a"}, {}, "files")[0]["data"] == "00004"
+
+
+def test_fleet_line_says_since_when_redis_is_unreachable() -> None:
+    fleet = {
+        "node": "a",
+        "redis": "unreachable",
+        "down_since": 0.0,
+        "error": "Connection refused",
+        "age": 12.0,
+        "samples_per_s": 0.0,
+        "nodes": [{"node": "a", "alive": True}, {"node": "b", "alive": False}],
+    }
+    text = fleet_line(fleet).plain
+    assert "1 node(s) alive (a)" in text
+    assert "redis unreachable since" in text and "Connection refused" in text
+    assert "figures from 12 s ago" in text
+    assert "redis ok (read 0 s ago)" in fleet_line({**fleet, "redis": "ok", "age": 0.2}).plain
+
+
+def test_show_lists_the_nodes_of_a_clustered_job() -> None:
+    fig = {
+        "samples_done": 10,
+        "samples_total": 20,
+        "nodes": [
+            {"node": "a", "samples_per_s": 120.4, "shards_held": 2},
+            {"node": "b", "samples_per_s": 80.0, "shards_held": 1},
+        ],
+        "fleet_age": 0.6,
+    }
+    text = render_figures(fig)
+    assert "nodes: a 120/s (2 held) · b 80/s (1 held) (fleet figures read 1 s ago)" in text
