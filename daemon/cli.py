@@ -24,7 +24,7 @@ from acquired.daemon.manifest import manifest_schema
 from acquired.daemon.tui import render_status
 from acquired.daemon.units import format_bytes
 
-COMMAND_FAMILIES = ("add", "jobs", "mirrors", "doctor", "top", "logs", "urllist")
+COMMAND_FAMILIES = ("add", "jobs", "mirrors", "doctor", "top", "logs", "urllist", "fleet")
 
 
 def find(args: argparse.Namespace) -> Candidate:

@@ -421,7 +421,7 @@ class Service:
                 reply=message.reply,
             )
             return
-        message.reply.set(self.views.answer(payload))
+        self.views.reply(payload, message.reply)
 
     def _publish_status(self) -> None:
         now = time.monotonic()

@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from acquired.common.redact import redact_value
+from acquired.daemon.fleet_tui import fleet_line
 from acquired.daemon.units import format_bytes, format_duration, format_rate
 from acquired.daemon.urllist_tui import urllist_table
 
@@ -324,6 +325,8 @@ class StatusView:
         extra = resources(snap)
         if extra is not None:
             yield extra
+        if snap.get("fleet"):
+            yield fleet_line(snap["fleet"])
         active = snap.get("active") or []
         yield Rule("transfers", style="dim", align="left")
         if active:

@@ -16,6 +16,14 @@ def _count(n: Any) -> str:
     return f"{int(n or 0):,}"
 
 
+def nodes_cell(nodes: Sequence[Mapping[str, Any]]) -> str:
+    """``a 120/s (2 held) · b 80/s (1 held)``: a clustered job's nodes (pure)."""
+    return " · ".join(
+        f"{n['node']} {float(n.get('samples_per_s') or 0):.0f}/s ({n.get('shards_held', 0)} held)"
+        for n in nodes
+    )
+
+
 def urllist_table(jobs: Sequence[Mapping[str, Any]]) -> Table | None:
     """One row per URL-list job, or None when there is none (pure)."""
     rows = [j for j in jobs if j.get("urllist")]
@@ -62,4 +70,6 @@ def urllist_table(jobs: Sequence[Mapping[str, Any]]) -> Table | None:
             format_duration(f.get("eta")),
             ", ".join(f"{k} {v}" for k, v in worst) or "-",
         )
+        if f.get("nodes"):
+            table.add_row("", *[""] * 8, "nodes: " + nodes_cell(f["nodes"]))
     return table

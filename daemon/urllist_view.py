@@ -5,10 +5,13 @@ queue's counters (one aggregate per job) and the runner's last report: never per
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from acquired.daemon.errors import DaemonError
+from acquired.daemon.messages import Reply
 from acquired.daemon.store import JobRow
+from acquired.daemon.workqueue import FailedSample
 from acquired.sources.urllist import outcome
 
 if TYPE_CHECKING:
@@ -88,9 +91,16 @@ def job_view(kind: UrllistKind, job: JobRow, run: JobRun | None) -> dict[str, An
         )
         fig["in_progress"] = report.in_progress
         fig["dead"] = report.dead
+    elif kind.fleet.clustered:
+        # Never Redis on the state thread: the fleet's snapshot, once there is one.
+        fig = figures({}, {}, 0, rows=rows)
     else:
         counts = kind.queue.counts(job.id)
         fig = figures(dict(counts.samples), dict(counts.shards), counts.bytes, rows=rows)
+    fleet = kind.fleet.job_figures(job, fig)
+    if fleet is not None:
+        # The whole job, every node together, as Redis counted it at the last read.
+        fig = fleet
     hold = report.hold if report is not None and run is not None else None
     out: dict[str, Any] = {"kind": "urllist", "urllist": fig}
     if run is not None:
@@ -107,8 +117,38 @@ def job_view(kind: UrllistKind, job: JobRow, run: JobRun | None) -> dict[str, An
     return out
 
 
-def commands(kind: UrllistKind, payload: dict[str, Any]) -> dict[str, Any] | None:
-    """Answer ``failures`` and ``retry-failed``; None for other commands."""
+def failure_page(failures: Iterable[FailedSample], offset: int, limit: int) -> list[dict[str, Any]]:
+    """One page of failures as the control reply lists them (``limit`` 0: a full page)."""
+    limit = min(limit or FAILURES_PAGE, FAILURES_PAGE)
+    page: list[dict[str, Any]] = []
+    for i, f in enumerate(failures):
+        if i < offset:
+            continue
+        if len(page) >= limit:
+            break
+        page.append(
+            {
+                "row": f.row,
+                "url": f.url,
+                "class": f.cls,
+                "message": f.message,
+                "http_status": f.http_status,
+                "attempts": f.attempts,
+                "shard": f.shard_id,
+            }
+        )
+    return page
+
+
+DEFERRED: dict[str, Any] = {}
+"""Returned by :func:`commands` when the fleet thread answers the request itself."""
+
+
+def commands(
+    kind: UrllistKind, payload: dict[str, Any], reply: Reply | None = None
+) -> dict[str, Any] | None:
+    """Answer ``failures`` and ``retry-failed``; None for other commands. For a clustered
+    job (and a ``reply`` to fill) the fleet thread answers: :data:`DEFERRED`."""
     cmd = payload.get("cmd")
     if cmd not in ("failures", "retry-failed"):
         return None
@@ -121,30 +161,19 @@ def commands(kind: UrllistKind, payload: dict[str, Any]) -> dict[str, Any] | Non
         bad = [c for c in classes if c not in outcome.CLASSES]
         if bad:
             raise UnknownClass(f"unknown failure class(es): {', '.join(bad)}", classes=bad)
-    if cmd == "failures":
-        offset = int(payload.get("offset", 0))
-        limit = min(int(payload.get("limit", FAILURES_PAGE)), FAILURES_PAGE)
-        page: list[dict[str, Any]] = []
-        for i, f in enumerate(kind.queue.failures(job_id, classes)):
-            if i < offset:
-                continue
-            if len(page) >= limit:
-                break
-            page.append(
-                {
-                    "row": f.row,
-                    "url": f.url,
-                    "class": f.cls,
-                    "message": f.message,
-                    "http_status": f.http_status,
-                    "attempts": f.attempts,
-                    "shard": f.shard_id,
-                }
-            )
-        return {"ok": True, "result": {"job": job_id, "offset": offset, "failures": page}}
     chosen = list(classes) if classes else sorted(outcome.TEMPORARY)
     manifest = kind.svc.manifests.get(job)
     size = manifest.urllist.shard_size if manifest is not None and manifest.urllist else 10_000
+    if kind.fleet.clustered and reply is not None:
+        # The failure queue of a clustered job is in Redis: asked on the fleet thread.
+        kind.fleet.defer({**payload, "job": job_id, "chosen": chosen}, reply, size)
+        return DEFERRED
+    if cmd == "failures":
+        offset = int(payload.get("offset", 0))
+        page = failure_page(
+            kind.queue.failures(job_id, classes), offset, int(payload.get("limit", 0))
+        )
+        return {"ok": True, "result": {"job": job_id, "offset": offset, "failures": page}}
     shards = kind.queue.retry_failed(job_id, chosen, size)
     samples = sum(s.size for s in shards)
     kind.svc.event(

@@ -13,8 +13,9 @@ from acquired.daemon.errors import DaemonError, ErrorInfo, describe
 from acquired.daemon.forget import forget_job
 from acquired.daemon.lifecycle import COMMAND_EVENTS, FileState, after_command, job_state
 from acquired.daemon.manifest import ManifestError
-from acquired.daemon.messages import Active
+from acquired.daemon.messages import Active, Reply
 from acquired.daemon.store import JobTotals
+from acquired.daemon.urllist_view import DEFERRED
 
 if TYPE_CHECKING:
     from acquired.daemon.service import Service
@@ -29,6 +30,13 @@ class UnknownJob(DaemonError):
 
     code = "control.unknown_job"
     hint = "`acquirectl status` lists the jobs."
+
+
+class NotInFleet(DaemonError):
+    """``nodes`` asked of a daemon without ``[cluster]``."""
+
+    code = "cluster.not_configured"
+    hint = "Add a [cluster] section (redis_url, node) to acquired.toml on every node."
 
 
 class UnknownCommand(DaemonError):
@@ -116,6 +124,7 @@ class Views:
             ],
             "seeding": [{"key": k, **v} for k, v in self.svc.torrent.seeding.items()],
             "events": self.svc.store.recent_events(limit=10),
+            "fleet": self.svc.urllist.fleet.status(),
         }
 
     def active_view(self, a: Active) -> dict[str, Any]:
@@ -235,7 +244,29 @@ class Views:
         self.svc.event("info", f"{cmd}: {changed} file(s)", job_id=job_id)
         return {"job": job_id, "files": changed}
 
-    def answer(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def reply(self, payload: dict[str, Any], reply: Reply) -> None:
+        """Answer a control request into ``reply``, now or (a clustered job's failures
+        and retry --failed, which need Redis) from the fleet thread once it has run."""
+        answer = self.answer(payload, reply)
+        if answer is not DEFERRED:
+            reply.set(answer)
+
+    def nodes(self) -> dict[str, Any]:
+        """The fleet's nodes from the last snapshot, for `acquirectl nodes`."""
+        fleet = self.svc.urllist.fleet.status()
+        if fleet is None:
+            raise NotInFleet("this daemon is not part of a fleet: [cluster] is not set")
+        return fleet
+
+    def forget(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``forget``; a clustered URL-list job is removed from Redis too."""
+        job = self.svc.store.get_job(str(payload.get("job", "")))
+        result = forget_job(self.svc, payload)
+        if job is not None and job.kind == "urllist":
+            self.svc.urllist.fleet.forgotten_job(job.id, job.manifest_digest)
+        return result
+
+    def answer(self, payload: dict[str, Any], reply: Reply | None = None) -> dict[str, Any]:
         """Answer a control request (all but ``add``, which the intake answers)."""
         cmd = payload["cmd"]
         try:
@@ -246,14 +277,16 @@ class Views:
             if cmd in ("pause", "resume", "cancel", "retry"):
                 return {"ok": True, "result": self.command(cmd, str(payload.get("job", "")))}
             if cmd == "forget":
-                return {"ok": True, "result": forget_job(self.svc, payload)}
+                return {"ok": True, "result": self.forget(payload)}
+            if cmd == "nodes":
+                return {"ok": True, "result": self.nodes()}
             if cmd == "doctor":
                 return {"ok": True, "result": self.doctor()}
             if cmd == "test-hang" and self.svc.test_faults:
                 LOG.warning("test fault: the state thread stops responding")
                 while True:
                     time.sleep(3600)
-            if (answer := self.svc.urllist.answer(payload)) is not None:
+            if (answer := self.svc.urllist.answer(payload, reply)) is not None:
                 return answer
             raise UnknownCommand(f"unknown command '{cmd}'")
         except (DaemonError, ManifestError) as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from acquired.daemon.manifest import redact_url
+from acquired.daemon.urllist_tui import nodes_cell
 
 COLUMNS = ("row", "url", "class", "message", "http_status", "attempts", "shard")
 
@@ -108,6 +109,13 @@ def render_figures(fig: dict[str, Any]) -> str:
     if failures:
         ranked = sorted(failures.items(), key=lambda kv: -kv[1])
         lines.append("failures: " + ", ".join(f"{k} {v:,}" for k, v in ranked))
+    if fig.get("nodes"):
+        age = fig.get("fleet_age")
+        lines.append(
+            "nodes: "
+            + nodes_cell(fig["nodes"])
+            + (f" (fleet figures read {age:.0f} s ago)" if age is not None else "")
+        )
     for dead in fig.get("dead") or []:
         lines.append(f"  dead shard {dead['shard']} after {dead['deliveries']}: {dead['error']}")
     return "\n".join(lines)

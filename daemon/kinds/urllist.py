@@ -18,18 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acquired.daemon.errors import describe
+from acquired.daemon.kinds.urllist_fleet import FleetSide, locate_fleet_input
 from acquired.daemon.kinds.urllist_plan import (
     Plan,
     in_slices,
     job_settings,
     load_offsets,
     load_rows,
-    locate_input,
     make_plan,
     save_offsets,
 )
 from acquired.daemon.lifecycle import Event, FileState
 from acquired.daemon.manifest import Manifest
+from acquired.daemon.messages import Reply
 from acquired.daemon.runners.urllist import RunnerSettings, UrllistRunner
 from acquired.daemon.shardstore import open_queue
 from acquired.daemon.store import FileRow, JobRow
@@ -84,6 +85,8 @@ class UrllistKind:
         back = self.queue.recover(self.node)
         if back:
             LOG.info("%d URL-list shard(s) interrupted by the last stop are queued again", back)
+        # With [cluster]: the fleet thread (heartbeats, discovery, the fleet's figures).
+        self.fleet = FleetSide(self)
 
     # -- JobKind ------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class UrllistKind:
             UrllistReport: self.on_report,
             UrllistShardEnded: self.on_shard_ended,
             UrllistEnded: self.on_ended,
+            **self.fleet.handlers(),
         }
 
     # -- the job past its files ---------------------------------------------------------
@@ -113,6 +117,7 @@ class UrllistKind:
         if manifest is None or manifest.urllist is None:
             return  # loading; called again once it is
         run = self.runs[job.id] = JobRun(self.svc.next_token())
+        self.fleet.planning(job)
         job_root = self.svc.config.data_root / job.destination
         folder = self.plans_dir
         offsets = load_offsets(folder, job.id)
@@ -123,19 +128,21 @@ class UrllistKind:
             return
         spec, post, token = manifest.urllist, self.svc.post, run.token
         open_queue, digest = self.open_queue, job.manifest_digest
+        # Published with the job so that the other nodes of a fleet can join it.
+        published = manifest.model_dump(mode="json") if self.fleet.clustered else None
 
         def plan() -> None:
             # Off the state thread: the streaming pass, then the shards published in
             # slices (each a short transaction or a few round trips) on its own queue.
             try:
-                path = locate_input(job_root, spec, job.id)
+                path = locate_fleet_input(job_root, spec, job.id, published is not None)
                 plan = make_plan(job.id, path, spec)
                 queue = open_queue()
                 try:
                     slices = in_slices(plan.shards)
                     for i, piece in enumerate(slices):
                         final = i == len(slices) - 1
-                        queue.publish(QueueJob(job.id, digest), piece, final=final)
+                        queue.publish(QueueJob(job.id, digest, published), piece, final=final)
                 finally:
                     close = getattr(queue, "close", None)
                     if close is not None:
@@ -222,6 +229,7 @@ class UrllistKind:
         before = run.report.hold if run.report is not None else None
         run.report = m
         self.metrics.update(m)
+        self.fleet.report_changed()
         if m.hold != before:
             if m.hold is not None:
                 self.svc.event("warning", f"not claiming shards: {m.hold}", job_id=m.job_id)
@@ -233,6 +241,7 @@ class UrllistKind:
         run = self.runs.get(m.job_id)
         if run is None or run.token != m.token:
             return
+        self.fleet.shard_ended(m)
         if m.error is not None:
             level = "error" if m.state == "dead" else "warning"
             self.svc.event(level, f"shard {m.name} {m.state}: {m.error}", job_id=m.job_id)
@@ -254,6 +263,7 @@ class UrllistKind:
         del self.runs[m.job_id]
         if run.report is not None:
             self.final[m.job_id] = run.report
+        self.fleet.report_changed()
         if self.svc.stopping:
             return
         if m.error is not None:
@@ -265,6 +275,9 @@ class UrllistKind:
             self.svc.event(
                 "info", f"done: {ok}/{sum(samples.values())} samples ok", job_id=m.job_id
             )
+            job = self.svc.store.get_job(m.job_id)
+            if job is not None:
+                self.fleet.finished(job)
 
     def _fail(self, job_id: str, exc: BaseException) -> None:
         run = self.runs.pop(job_id, None)
@@ -336,7 +349,8 @@ class UrllistKind:
             (self.plans_dir / f"{job_id}{suffix}").unlink(missing_ok=True)
 
     def shutdown(self) -> list[threading.Thread]:
-        """Stop every runner; returns their threads to wait for."""
+        """Stop every runner and the fleet thread; returns the runners' threads."""
+        self.fleet.shutdown()
         threads = []
         for run in self.runs.values():
             if run.runner is not None:
@@ -352,9 +366,10 @@ class UrllistKind:
         run = self.runs.get(job.id)
         return job_view(self, job, run)
 
-    def answer(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """The URL-list commands (failures, retry --failed); None for any other."""
-        return commands(self, payload)
+    def answer(self, payload: dict[str, Any], reply: Reply | None = None) -> dict[str, Any] | None:
+        """The URL-list commands (failures, retry --failed); None for any other;
+        ``urllist_view.DEFERRED`` when the fleet thread fills ``reply`` itself."""
+        return commands(self, payload, reply)
 
 
 def urllist_workers() -> int:
