@@ -174,6 +174,12 @@ class DedupeIndex:
         self._sha: dict[int, int] = {}  # first 128 bits of the sha256 -> key
         self._phash = PhashIndex(max_distance)
         self._lock = threading.Lock()
+        self.rebuilt: tuple[int, int, int] = (0, 0, 0)
+        """Shards, rows and stored samples read when the index was rebuilt from shards."""
+
+    def rebuilt_counts(self) -> tuple[int, int, int]:
+        """``rebuilt`` (a method, so a manager's proxy can ask for it)."""
+        return self.rebuilt
 
     def __len__(self) -> int:
         return max(len(self._sha), len(self._phash))
@@ -198,6 +204,27 @@ class DedupeIndex:
             if self.perceptual:
                 self._decide_perceptual(items, shas, out)
         return out
+
+    def add_stored(
+        self,
+        keys: np.ndarray,
+        shas: Sequence[str | None],
+        phashes: Sequence[str | None],
+    ) -> None:
+        """Remember samples a finished shard stored (``keys`` as integers, sha256 and phash
+        as the parquet's hex): rebuilding the index after a restart. A digest already
+        known keeps its first key."""
+        with self._lock:
+            if self.exact:
+                table = self._sha
+                for key, sha in zip(keys.tolist(), shas, strict=True):
+                    if sha:
+                        table.setdefault(int(sha[:32], 16), key)
+            if self.perceptual:
+                present = np.array([p is not None for p in phashes], dtype=bool)
+                values = np.array([int(p, 16) for p in phashes if p is not None], dtype=np.uint64)
+                if len(values):
+                    self._phash.add_many(values, keys[present])
 
     def _decide_perceptual(
         self,
