@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
-from acquired.sources.urllist.dedupe import DedupeIndex
+import numpy as np
+import pytest
+
+from acquired.sources.urllist import dedupe
+from acquired.sources.urllist.dedupe import DedupeIndex, ShaTable
 from acquired.sources.urllist.rebuild import finished_shards, rebuild_index
 from acquired.sources.urllist.shards import SampleRecord, ShardWriter, sample_key
 
@@ -73,3 +78,33 @@ def test_rebuild_perceptual(tmp_path: Path) -> None:
     far = (0b1011 << 20) ^ 0xFF00FF
     assert index.decide([(sample_key(900, SHARD), sha(7), near)]) == [sample_key(0, SHARD)]
     assert index.decide([(sample_key(901, SHARD), sha(8), far)]) == [None]
+
+
+def test_sha_table_matches_a_dict_through_bulk_loads_and_compactions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Compact after a few hundred one-by-one entries instead of 65,536.
+    monkeypatch.setattr(dedupe, "_RECENT_MAX", 300)
+    rng = random.Random(5)
+    table, reference = ShaTable(), {}
+    values = [rng.getrandbits(128) for _ in range(3000)]
+    # Two digests sharing their first 64 bits: the lookup must compare all 128.
+    values.append((values[0] >> 64 << 64) | 12345)
+    for chunk in range(0, len(values), 500):
+        part = values[chunk : chunk + 500]
+        keys = list(range(chunk, chunk + len(part)))
+        if chunk % 1000 == 0:
+            hi = np.array([v >> 64 for v in part], dtype=np.uint64)
+            lo = np.array([v & ((1 << 64) - 1) for v in part], dtype=np.uint64)
+            table.add_many(hi, lo, np.array(keys, dtype=np.int64))
+            for v, k in zip(part, keys, strict=True):
+                reference.setdefault(v, k)
+        else:
+            for v, k in zip(part, keys, strict=True):
+                if table.get(v) is None:
+                    table.add(v, k)
+                    reference[v] = k
+        table.compact()
+    assert len(table) == len(reference)
+    for v in [*values, *(rng.getrandbits(128) for _ in range(200))]:
+        assert table.get(v) == reference.get(v)
