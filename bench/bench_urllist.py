@@ -9,7 +9,9 @@ PyPI, once); then runs, in one go, acquired's workers and img2dataset on the sam
 without resizing and with resizing to 256 px (keep_ratio), 2 processes x 64 transfers
 each, every output checked (every row accounted for, tars open, members = successes).
 Figures: samples/s (input rows over wall time), samples per CPU-second (user + system of
-the run's whole process tree), and the ratio.
+the run's whole process tree), and the ratio. BENCH_URLLIST_REPEAT=N runs each tool N
+times per mode in ABBA order and reports the best of each (on a shared machine other
+work only ever slows a run down).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ I2D_VENV = HERE / "out" / "img2dataset-venv"
 COUNT = int(os.environ.get("BENCH_URLLIST_IMAGES", "20000"))
 ALONE = int(os.environ.get("BENCH_URLLIST_ALONE", "100000"))
 SHARD = 2500
+REPEAT = int(os.environ.get("BENCH_URLLIST_REPEAT", "1"))
 PROCESSES = 2
 THREADS = 64
 
@@ -221,7 +224,11 @@ def main() -> None:
         rows = len(paths)
         print(f"{rows} URLs; expected failures {expect}; load: {os.getloadavg()}", flush=True)
         for mode in ("no", "256"):
-            for tool in ("img2dataset", "acquired"):
+            # ABBA order over the repeats, so a load that drifts during the run weighs on
+            # both tools alike.
+            order = [("img2dataset", "acquired"), ("acquired", "img2dataset")]
+            tools = [t for r in range(REPEAT) for t in order[r % 2]]
+            for tool in tools:
                 out = OUT / f"run-{tool}-{mode}"
                 subprocess.run(["rm", "-rf", str(out)], check=True)
                 out.mkdir(parents=True)
@@ -274,7 +281,11 @@ def main() -> None:
         nginx.stop()
     print("\n| resize | tool | samples/s | samples/CPU-s | outcome |")
     print("| --- | --- | --- | --- | --- |")
-    by = {(t, m): (w, c, s) for t, m, w, c, s in results}
+    # Best of the repeats: the machine is shared, and other work only ever slows a run.
+    by: dict[tuple[str, str], tuple[float, float, dict[str, int]]] = {}
+    for t, m, w, c, s in results:
+        old = by.get((t, m))
+        by[(t, m)] = (min(w, old[0]), min(c, old[1]), s) if old else (w, c, s)
     for mode in ("no", "256"):
         for tool in ("img2dataset", "acquired"):
             w, c, s = by[(tool, mode)]

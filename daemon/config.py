@@ -58,6 +58,7 @@ __all__ = [
     "Size",
     "TorrentSettings",
     "UnpackSettings",
+    "UrllistDaemonSettings",
 ]
 
 _SIZE_SCHEMA: dict[str, Any] = {
@@ -264,6 +265,14 @@ class UnpackSettings(_Strict):
     delete_archives: Bool = False
 
 
+class UrllistDaemonSettings(_Strict):
+    """URL-list jobs (``[urllist]``)."""
+
+    workers: Int = Field(default=0, ge=0, le=1024)
+    """Worker processes per running URL-list job, each driving many transfers; 0 = one
+    per core the daemon may run on."""
+
+
 class MetricsSettings(_Strict):
     """Prometheus exporter (``[metrics]``): off unless ``listen = "127.0.0.1:9469"``."""
 
@@ -301,6 +310,7 @@ class Config(_Strict):
     http: HttpSettings = Field(default_factory=HttpSettings)
     torrent: TorrentSettings = Field(default_factory=TorrentSettings)
     unpack: UnpackSettings = Field(default_factory=UnpackSettings)
+    urllist: UrllistDaemonSettings = Field(default_factory=UrllistDaemonSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     cluster: ClusterSettings | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 from support.images import encode, jpeg, picture, png, png_bomb
@@ -85,3 +86,28 @@ def test_resize_png_with_alpha_to_webp() -> None:
 def test_target_size() -> None:
     assert target_size(1000, 500, ResizeSettings(mode="keep_ratio", size=100)) == (200, 100)
     assert target_size(1000, 500, ResizeSettings(mode="border", size=100)) == (100, 50)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1600, 1200), (400, 300), (300, 700)])
+def test_a_resized_jpeg_matches_a_full_decode_resized(width: int, height: int) -> None:
+    # The reduced decode and the cheaper resampling must not show: compare with Pillow's
+    # full decode shrunk by area averaging.
+    base = picture(11, width, height)
+    settings = ResizeSettings(mode="keep_ratio", size=256, format="png")
+    result = process_image(encode(base, "JPEG", quality=95), FILTERS, settings)
+    assert result.error_class is None and result.data is not None
+    out = np.asarray(Image.open(io.BytesIO(result.data)).convert("RGB"), dtype=np.float64)
+    expected = target_size(width, height, settings)
+    assert (out.shape[1], out.shape[0]) == expected == (result.width, result.height)
+    ref = np.asarray(base.resize(expected, Image.Resampling.BOX), dtype=np.float64)
+    assert np.abs(out - ref).mean() < 1.0  # a shift by two pixels alone is 1.4
+
+
+def test_resize_of_a_cmyk_jpeg_and_of_a_truncated_one() -> None:
+    settings = ResizeSettings(mode="center_crop", size=128)
+    cmyk = encode(picture(12, 400, 300).convert("CMYK"), "JPEG", quality=90)
+    result = process_image(cmyk, FILTERS, settings)
+    assert result.error_class is None and result.data is not None
+    assert Image.open(io.BytesIO(result.data)).size == (128, 128)
+    good = jpeg(13, 640, 480)
+    assert classify(good[: len(good) // 2], resize=settings) == outcome.DECODE

@@ -190,7 +190,7 @@ class UrllistKind:
             token=run.token,
             node=self.node,
             lease_s=self.lease_s,
-            workers=urllist_workers(),
+            workers=self.svc.config.urllist.workers or urllist_workers(),
             out_dir=job_root,
             input=inp,
             settings=settings,

@@ -27,7 +27,7 @@ class JobPool:
     """``submit``, ``progress``, ``save_index`` and ``close`` for the runner."""
 
     def __init__(self, s: Any) -> None:
-        self._pool = ShardPool(s.settings.dedupe, workers=s.workers, index_path=s.index_path)
+        self._pool = ShardPool(s.settings.dedupe, workers=s.workers, shards_dir=s.out_dir)
 
     def submit(self, task: Any) -> Future[Any]:
         """Run a shard task on a free worker."""

@@ -164,6 +164,103 @@ class PhashIndex:
         return hashes, keys
 
 
+_LOW64 = (1 << 64) - 1
+_RECENT_MAX = 65_536
+
+
+class ShaTable:
+    """First 128 bits of a sha256 -> the key of the first sample with them.
+
+    Entries added in bulk (a rebuild from the shards, a saved index) live in three sorted
+    numpy arrays, 24 bytes per digest (a dict of Python ints costs about 170); entries
+    decided one by one since then are in a dict in front of them."""
+
+    def __init__(self) -> None:
+        self._recent: dict[int, int] = {}
+        self._hi = np.empty(0, dtype=np.uint64)
+        self._lo = np.empty(0, dtype=np.uint64)
+        self._keys = np.empty(0, dtype=np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        self._settle()
+        return len(self._recent) + len(self._hi)
+
+    def get(self, value: int) -> int | None:
+        """The key stored for ``value``, or None."""
+        found = self._recent.get(value)
+        if found is not None:
+            return found
+        self._settle()
+        hi, lo = value >> 64, value & _LOW64
+        i = int(np.searchsorted(self._hi, np.uint64(hi)))
+        while i < len(self._hi) and int(self._hi[i]) == hi:
+            if int(self._lo[i]) == lo:
+                return int(self._keys[i])
+            i += 1
+        return None
+
+    def add(self, value: int, key: int) -> None:
+        """Remember ``value`` for ``key`` (call after ``get`` found nothing)."""
+        self._recent[value] = key
+
+    def discard(self, value: int, key: int) -> None:
+        """Forget ``value`` if ``add`` gave it to ``key``."""
+        if self._recent.get(value) == key:
+            del self._recent[value]
+
+    def compact(self) -> None:
+        """Move the one-by-one entries into the arrays once they are many (more than
+        65,536 and an eighth of the arrays, so the re-sorts cost O(n log n) in all)."""
+        if len(self._recent) > max(_RECENT_MAX, len(self._hi) // 8):
+            recent = self._recent
+            self._recent = {}
+            self._pending.append(
+                (
+                    np.array([v >> 64 for v in recent], dtype=np.uint64),
+                    np.array([v & _LOW64 for v in recent], dtype=np.uint64),
+                    np.array(list(recent.values()), dtype=np.int64),
+                )
+            )
+            self._settle()
+
+    def add_many(self, hi: np.ndarray, lo: np.ndarray, keys: np.ndarray) -> None:
+        """Bulk ``add``; the first of equal digests (earlier calls first) keeps its key."""
+        self._pending.append(
+            (
+                np.asarray(hi, dtype=np.uint64),
+                np.asarray(lo, dtype=np.uint64),
+                np.asarray(keys, dtype=np.int64),
+            )
+        )
+
+    def _settle(self) -> None:
+        if not self._pending:
+            return
+        hi = np.concatenate([self._hi, *(p[0] for p in self._pending)])
+        lo = np.concatenate([self._lo, *(p[1] for p in self._pending)])
+        keys = np.concatenate([self._keys, *(p[2] for p in self._pending)])
+        self._pending = []
+        order = np.lexsort((lo, hi))  # stable: among equal digests the earliest comes first
+        hi, lo, keys = hi[order], lo[order], keys[order]
+        first = np.ones(len(hi), dtype=bool)
+        first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        self._hi, self._lo, self._keys = hi[first], lo[first], keys[first]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every entry as ``(hi, lo, keys)`` (for saving)."""
+        self._settle()
+        recent = list(self._recent.items())
+        hi = np.array([v >> 64 for v, _ in recent], dtype=np.uint64)
+        lo = np.array([v & _LOW64 for v, _ in recent], dtype=np.uint64)
+        keys = np.array([k for _, k in recent], dtype=np.int64)
+        return (
+            np.concatenate([self._hi, hi]),
+            np.concatenate([self._lo, lo]),
+            np.concatenate([self._keys, keys]),
+        )
+
+
 class DedupeIndex:
     """Exact and perceptual indexes of one job, thread-safe, saved to and loaded from a file."""
 
@@ -171,9 +268,15 @@ class DedupeIndex:
         self.exact = exact
         self.perceptual = perceptual
         self.max_distance = max_distance
-        self._sha: dict[int, int] = {}  # first 128 bits of the sha256 -> key
+        self._sha = ShaTable()
         self._phash = PhashIndex(max_distance)
         self._lock = threading.Lock()
+        self.rebuilt: tuple[int, int, int] = (0, 0, 0)
+        """Shards, rows and stored samples read when the index was rebuilt from shards."""
+
+    def rebuilt_counts(self) -> tuple[int, int, int]:
+        """``rebuilt`` (a method, so a manager's proxy can ask for it)."""
+        return self.rebuilt
 
     def __len__(self) -> int:
         return max(len(self._sha), len(self._phash))
@@ -185,6 +288,7 @@ class DedupeIndex:
         counts as seen before a later one."""
         out: list[str | None] = [None] * len(items)
         with self._lock:
+            self._sha.compact()  # between batches: a batch may still discard its own adds
             shas: list[int | None] = []
             for n, (key, sha, _) in enumerate(items):
                 sha_int = int(sha[:32], 16) if (self.exact and sha) else None
@@ -192,12 +296,34 @@ class DedupeIndex:
                 if sha_int is not None:
                     first = self._sha.get(sha_int)
                     if first is None:
-                        self._sha[sha_int] = _key_int(key)
+                        self._sha.add(sha_int, _key_int(key))
                     elif _key_str(first) != key:
                         out[n] = _key_str(first)
             if self.perceptual:
                 self._decide_perceptual(items, shas, out)
         return out
+
+    def add_stored(
+        self,
+        keys: np.ndarray,
+        shas: Sequence[str | None],
+        phashes: Sequence[str | None],
+    ) -> None:
+        """Remember samples a finished shard stored (``keys`` as integers, sha256 and phash
+        as the parquet's hex): rebuilding the index after a restart. A digest already
+        known keeps its first key."""
+        with self._lock:
+            if self.exact:
+                present = np.array([bool(sha) for sha in shas], dtype=bool)
+                given = [sha for sha in shas if sha]
+                hi = np.array([int(sha[:16], 16) for sha in given], dtype=np.uint64)
+                lo = np.array([int(sha[16:32], 16) for sha in given], dtype=np.uint64)
+                self._sha.add_many(hi, lo, keys[present])
+            if self.perceptual:
+                present = np.array([p is not None for p in phashes], dtype=bool)
+                values = np.array([int(p, 16) for p in phashes if p is not None], dtype=np.uint64)
+                if len(values):
+                    self._phash.add_many(values, keys[present])
 
     def _decide_perceptual(
         self,
@@ -228,8 +354,8 @@ class DedupeIndex:
                 sha_int = shas[n]
                 # The exact entry made above for a sample that turned out a near-duplicate
                 # goes: only kept samples stand for their bytes.
-                if sha_int is not None and self._sha.get(sha_int) == _key_int(key):
-                    del self._sha[sha_int]
+                if sha_int is not None:
+                    self._sha.discard(sha_int, _key_int(key))
 
     def _near_in_batch(
         self, local: list[dict[int, list[tuple[int, str]]]], value: int, key: str
@@ -245,10 +371,7 @@ class DedupeIndex:
         path = Path(path)
         with self._lock:
             hashes, phash_keys = self._phash.items()
-            sha = np.fromiter(self._sha.keys(), dtype=object, count=len(self._sha))
-            sha_hi = np.array([v >> 64 for v in sha], dtype=np.uint64)
-            sha_lo = np.array([v & ((1 << 64) - 1) for v in sha], dtype=np.uint64)
-            sha_keys = np.fromiter(self._sha.values(), dtype=np.int64, count=len(self._sha))
+            sha_hi, sha_lo, sha_keys = self._sha.arrays()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with tmp.open("wb") as f:
             np.savez(
@@ -271,11 +394,5 @@ class DedupeIndex:
             exact, perceptual, max_distance = (int(v) for v in data["settings"])
             index = cls(exact=bool(exact), perceptual=bool(perceptual), max_distance=max_distance)
             index._phash.add_many(data["phash"], data["phash_keys"])
-            for hi, lo, key in zip(
-                data["sha_hi"].tolist(),
-                data["sha_lo"].tolist(),
-                data["sha_keys"].tolist(),
-                strict=True,
-            ):
-                index._sha[(hi << 64) | lo] = key
+            index._sha.add_many(data["sha_hi"], data["sha_lo"], data["sha_keys"])
         return index

@@ -5,8 +5,9 @@
    on, set to the same limit), too small or too elongated images stop here, before any
    pixel is decoded.
 2. A reduced decode when pixels are needed: JPEG ``draft`` lets libjpeg scale by 1/2..1/8
-   while decoding, so a perceptual hash decodes to about 64 px and a resize to the target
-   size; a truncated or corrupt body fails here as ``decode``.
+   while decoding, so a perceptual hash decodes to about 64 px; a resize decodes at the
+   eighths scale nearest above the target (see ``resize``); a truncated or corrupt body
+   fails here as ``decode``.
 3. Without a hash or a resize no pixel is needed: the body's structure is checked instead
    (a JPEG ends with its EOI marker, a PNG with IEND), which catches the truncated
    transfers a decode would.
@@ -18,9 +19,17 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from acquired.sources.urllist import outcome
+from acquired.sources.urllist.resize import (
+    decode_jpeg_scaled,
+    encode,
+    fit,
+    resample,
+    target_size,
+)
 from acquired.sources.urllist.settings import FilterSettings, ResizeSettings
 
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
@@ -119,7 +128,7 @@ def _checked(
     )
     try:
         if resize is not None:
-            _resize_into(result, im, resize, want_phash=want_phash)
+            _resize_into(result, im, body, resize, want_phash=want_phash)
         elif want_phash or full_check:
             if fmt == "JPEG":
                 im.draft("L", _HASH_DRAFT)
@@ -162,49 +171,24 @@ def _rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
-def target_size(width: int, height: int, resize: ResizeSettings) -> tuple[int, int]:
-    """The size an image is scaled to before cropping or padding: the shorter side to
-    ``size`` (keep_ratio, center_crop) or the longer side (border)."""
-    side = (
-        min(width, height) if resize.mode in ("keep_ratio", "center_crop") else max(width, height)
-    )
-    scale = resize.size / side
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def _resize_into(
-    result: ImageResult, im: Image.Image, resize: ResizeSettings, *, want_phash: bool
+    result: ImageResult, im: Image.Image, body: bytes, resize: ResizeSettings, *, want_phash: bool
 ) -> None:
-    width, height = im.size
-    new_w, new_h = target_size(width, height, resize)
-    if im.format == "JPEG":
-        # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the requested size;
-        # asking two pixels less keeps rounding from costing a whole scale step.
-        im.draft("RGB", (max(1, new_w - 2), max(1, new_h - 2)))
-    im.load()
-    if want_phash:
-        result.phash = phash_of(im)
-    img = _rgb(im)
-    new_w, new_h = target_size(img.width, img.height, resize)
-    if abs(img.width - new_w) > 1 or abs(img.height - new_h) > 1:
-        # Area averaging when shrinking (what OpenCV's INTER_AREA does), bicubic when
-        # enlarging; an image already within a pixel of the target is left alone.
-        shrink = new_w < img.width
-        method = Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC
-        img = img.resize((new_w, new_h), method)
-    if resize.mode == "center_crop":
-        left = max(0, (img.width - resize.size) // 2)
-        top = max(0, (img.height - resize.size) // 2)
-        img = img.crop((left, top, left + resize.size, top + resize.size))
-    elif resize.mode == "border":
-        img = ImageOps.pad(img, (resize.size, resize.size), color=(255, 255, 255))
-    out = io.BytesIO()
-    fmt = _SAVE[resize.format]
-    if fmt == "PNG":
-        img.save(out, fmt)
-    else:
-        img.save(out, fmt, quality=resize.quality)
-    result.data = out.getvalue()
+    size = target_size(im.width, im.height, resize)
+    pixels = decode_jpeg_scaled(body, size) if im.format == "JPEG" else None
+    if pixels is None:
+        if im.format == "JPEG":
+            # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the requested
+            # size; asking two pixels less keeps rounding from costing a whole scale step.
+            im.draft("RGB", (max(1, size[0] - 2), max(1, size[1] - 2)))
+        im.load()
+        if want_phash:
+            result.phash = phash_of(im)
+        pixels = np.asarray(_rgb(im))
+    elif want_phash:
+        result.phash = phash_of(Image.fromarray(pixels))
+    pixels = fit(resample(pixels, size), resize)
+    result.data = encode(pixels, resize)
     result.ext = resize.format
-    result.mime = Image.MIME[fmt]
-    result.width, result.height = img.size
+    result.mime = Image.MIME[_SAVE[resize.format]]
+    result.height, result.width = pixels.shape[:2]

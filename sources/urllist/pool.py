@@ -8,16 +8,19 @@ from a clean single-threaded server process, and costs less than ``spawn`` (impo
 paid once in the server). Workers live across shards, so the start cost is paid once.
 
 The dedupe decision is central: a ``multiprocessing`` manager process holds one
-``DedupeIndex`` for the job; every worker sends each batch of kept samples there
-(``decide``) before writing them, so "first seen is kept" holds across shards and
-processes. The worker only sees the ``DedupeService`` protocol, so a Redis-backed index
-(shared by a fleet) can replace the proxy without touching the worker. Progress comes back
-through a manager queue; ``progress()`` drains it without blocking.
+``DedupeIndex`` for the job, rebuilt from the finished shards' parquet when the pool
+starts (``rebuild``), so a restart after a crash knows every sample stored before it;
+every worker sends each batch of kept samples there (``decide``) before writing them,
+so "first seen is kept" holds across shards and processes. The worker only sees the
+``DedupeService`` protocol, so a Redis-backed index (shared by a fleet) can replace the
+proxy without touching the worker. Progress comes back through a manager queue;
+``progress()`` drains it without blocking.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import queue
@@ -28,11 +31,24 @@ from pathlib import Path
 from typing import Any
 
 from acquired.sources.urllist.dedupe import DedupeIndex
+from acquired.sources.urllist.rebuild import rebuild_index
 from acquired.sources.urllist.settings import DedupeSettings
 from acquired.sources.urllist.worker import Progress, ShardResult, ShardTask, run_shard
 
+LOG = logging.getLogger("acquired.urllist")
 
-def _open_index(exact: bool, perceptual: bool, max_distance: int, path: str | None) -> DedupeIndex:
+
+def _open_index(
+    exact: bool,
+    perceptual: bool,
+    max_distance: int,
+    path: str | None,
+    shards_dir: str | None = None,
+) -> DedupeIndex:
+    if shards_dir is not None:
+        index = DedupeIndex(exact=exact, perceptual=perceptual, max_distance=max_distance)
+        index.rebuilt = rebuild_index(index, Path(shards_dir))
+        return index
     if path is not None and Path(path).is_file():
         return DedupeIndex.load(Path(path))
     return DedupeIndex(exact=exact, perceptual=perceptual, max_distance=max_distance)
@@ -67,10 +83,13 @@ class ShardPool:
         *,
         workers: int | None = None,
         index_path: Path | None = None,
+        shards_dir: Path | None = None,
         start_method: str = "forkserver",
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self.index_path = index_path
+        # With the shards' folder the index is rebuilt from the finished shards (they are
+        # the record); without it, it is loaded from and saved to ``index_path``.
+        self.index_path = index_path if shards_dir is None else None
         ctx = multiprocessing.get_context(start_method)
         self._manager = _Manager(ctx=ctx)
         self._manager.start()
@@ -81,7 +100,16 @@ class ShardPool:
                 dedupe.perceptual,
                 dedupe.max_distance,
                 str(index_path) if index_path else None,
+                str(shards_dir) if shards_dir is not None else None,
             )
+            if shards_dir is not None:
+                shards, rows, samples = self.index.rebuilt_counts()
+                LOG.info(
+                    "dedupe index rebuilt from %d finished shard(s): %d stored samples in %d rows",
+                    shards,
+                    samples,
+                    rows,
+                )
         self._progress = self._manager.new_queue()  # type: ignore[attr-defined]
         self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
 
@@ -101,7 +129,8 @@ class ShardPool:
                 return out
 
     def save_index(self) -> None:
-        """Write the dedupe index to ``index_path`` (call after each finished shard)."""
+        """Write the dedupe index to ``index_path`` (call after each finished shard); a
+        no-op when the index is rebuilt from the shards instead."""
         if self.index is not None and self.index_path is not None:
             self.index.save(str(self.index_path))
 
