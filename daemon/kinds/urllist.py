@@ -21,11 +21,11 @@ from acquired.daemon.errors import describe
 from acquired.daemon.kinds.urllist_fleet import FleetSide, locate_fleet_input
 from acquired.daemon.kinds.urllist_plan import (
     Plan,
-    in_slices,
     job_settings,
     load_offsets,
     load_rows,
     make_plan,
+    publish_plan,
     save_offsets,
 )
 from acquired.daemon.lifecycle import Event, FileState
@@ -131,22 +131,19 @@ class UrllistKind:
         # Published with the job so that the other nodes of a fleet can join it.
         published = manifest.model_dump(mode="json") if self.fleet.clustered else None
 
+        def wanted() -> bool:
+            # Read from the planner thread: a stop or a removal ends its wait for Redis.
+            return not self.svc.stopping and self.runs.get(job.id) is run
+
         def plan() -> None:
             # Off the state thread: the streaming pass, then the shards published in
             # slices (each a short transaction or a few round trips) on its own queue.
             try:
                 path = locate_fleet_input(job_root, spec, job.id, published is not None)
                 plan = make_plan(job.id, path, spec)
-                queue = open_queue()
-                try:
-                    slices = in_slices(plan.shards)
-                    for i, piece in enumerate(slices):
-                        final = i == len(slices) - 1
-                        queue.publish(QueueJob(job.id, digest, published), piece, final=final)
-                finally:
-                    close = getattr(queue, "close", None)
-                    if close is not None:
-                        close()
+                qjob = QueueJob(job.id, digest, published)
+                if not publish_plan(open_queue, qjob, plan.shards, wanted):
+                    return  # stopped, or the job was removed, while Redis was away
                 save_offsets(folder, job.id, plan)
                 post(UrllistPlanned(job.id, token, plan))
             except BaseException as exc:

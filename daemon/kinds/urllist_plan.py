@@ -10,14 +10,17 @@ holding its first row instead of reading the input from the start.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from acquired.daemon.errors import DaemonError
 from acquired.daemon.manifest import resolve_under
 from acquired.daemon.manifest_urllist import UrllistSpec
-from acquired.daemon.workqueue import ShardSpec
+from acquired.daemon.workqueue import ClusterUnreachable, QueueJob, ShardSpec, WorkQueue
 from acquired.sources.urllist import readers
 from acquired.sources.urllist.readers import ShardSlice
 from acquired.sources.urllist.settings import (
@@ -154,3 +157,47 @@ def shard_slice(shard: ShardSpec, shard_size: int, offsets: list[int | None]) ->
 def in_slices(shards: list[ShardSpec], size: int = PUBLISH_SLICE) -> list[list[ShardSpec]]:
     """The plan cut into the slices it is published in."""
     return [shards[i : i + size] for i in range(0, len(shards), size)] or [[]]
+
+
+LOG = logging.getLogger("acquired.urllist")
+
+# Seconds between two attempts to publish a plan while the fleet's Redis is away.
+PUBLISH_RETRY_S = 2.0
+
+
+def publish_plan(
+    open_queue: Callable[[], WorkQueue],
+    job: QueueJob,
+    shards: list[ShardSpec],
+    wanted: Callable[[], bool],
+    pause: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Publish ``shards`` in slices on a queue of their own; while Redis is unreachable,
+    wait and publish again (publishing continues where the job's last slice ended, so
+    nothing is published twice) for as long as ``wanted()``. False when given up."""
+    waiting_since: float | None = None
+    while wanted():
+        try:
+            queue = open_queue()
+            try:
+                slices = in_slices(shards)
+                for i, piece in enumerate(slices):
+                    queue.publish(job, piece, final=i == len(slices) - 1)
+            finally:
+                close = getattr(queue, "close", None)
+                if close is not None:
+                    close()
+        except ClusterUnreachable as exc:
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                LOG.warning("[%s] waiting for Redis to publish the shards: %s", job.name, exc)
+            pause(PUBLISH_RETRY_S)
+            continue
+        if waiting_since is not None:
+            LOG.info(
+                "[%s] shards published after %.0f s waiting for Redis",
+                job.name,
+                time.monotonic() - waiting_since,
+            )
+        return True
+    return False
