@@ -190,7 +190,9 @@ def publish_plan(
         except ClusterUnreachable as exc:
             if waiting_since is None:
                 waiting_since = time.monotonic()
-                LOG.warning("[%s] waiting for Redis to publish the shards: %s", job.name, exc)
+                LOG.warning(
+                    "[%s] waiting for Redis to publish the shards: %s (%s)", job.name, exc, exc.code
+                )
             pause(PUBLISH_RETRY_S)
             continue
         if waiting_since is not None:
