@@ -14,6 +14,7 @@ from acquired.daemon.lifecycle import (
     Event,
     InvalidTransition,
 )
+from acquired.daemon.runners.batch import BatchTicket
 from acquired.daemon.store import FileRow
 from acquired.daemon.units import format_bytes
 
@@ -29,6 +30,16 @@ DISK_WAIT = "waiting for disk"
 # them fast without letting big transfers crowd the disk or the network.
 SMALL_FILE = 1 << 20
 SMALL_LANE = 32
+# Small files fetched whole from mirrors go to the small-file runner (one thread, many
+# transfers, one message per flush): a lane of their own, wide enough to keep its
+# connections busy while a flush is being applied.
+BATCH_LANE = 512
+LARGE, SMALL, BATCH = "large", "small", "batch"
+
+
+def in_batch(handle: object) -> bool:
+    """Whether a file in flight is one of the small-file runner's."""
+    return isinstance(handle, BatchTicket)
 
 
 def is_small(size: int | None) -> bool:
@@ -127,34 +138,46 @@ class Scheduler:
         """Start queued files while slots and disk allow."""
         if self.svc.stopping:
             return
-        n_small = sum(1 for a in self.svc.active.values() if is_small(a.size))
+        active = self.svc.active
+        n_batch = sum(1 for a in active.values() if in_batch(a.handle))
+        n_small = sum(1 for a in active.values() if is_small(a.size)) - n_batch
         free = {
-            False: self.svc.config.max_concurrent_files - (len(self.svc.active) - n_small),
-            True: SMALL_LANE - n_small,
+            LARGE: self.svc.config.max_concurrent_files - (len(active) - n_small - n_batch),
+            SMALL: SMALL_LANE - n_small,
+            BATCH: BATCH_LANE - n_batch,
         }
-        if free[False] <= 0 and free[True] <= 0:
+        if all(n <= 0 for n in free.values()):
             return
         # Look a little past the free slots so files waiting for disk do not block
         # smaller ones behind them.
-        limit = max(free[False], 0) + max(free[True], 0) + 32
-        rows = self.svc.store.next_queued(time.time(), limit=limit, skip=self.svc.active)
+        limit = sum(max(n, 0) for n in free.values()) + 32
+        rows = self.svc.store.next_queued(time.time(), limit=limit, skip=active)
+        committed = self.committed()
+        jobs: dict[str, Any] = {}
         for row in rows:
-            lane = is_small(row.size)
-            if free[lane] <= 0:
-                continue
-            if row.id in self.svc.active:
+            if not any(n > 0 for n in free.values()):
+                break
+            if row.id in active:
                 continue  # started just now with another file of its torrent
             if row.job_id in self.draining and not self.drain_overdue(row.job_id):
                 continue  # the replaced job's transfers are still stopping
-            job = self.svc.store.get_job(row.job_id)
+            if row.job_id not in jobs:
+                jobs[row.job_id] = self.svc.store.get_job(row.job_id)
+            job = jobs[row.job_id]
             try:
-                loading = job is not None and self.svc.manifests.get(job) is None
+                manifest = self.svc.manifests.get(job) if job is not None else None
             except Exception as exc:  # the stored manifest is unusable: the file fails
                 self.svc.outcomes.fail(row, describe(exc))
                 continue
-            if loading:
+            if job is not None and manifest is None:
+                continue  # loading
+            lane = LARGE
+            if is_small(row.size):
+                spec = manifest.files[row.idx] if manifest is not None else None
+                lane = BATCH if spec is not None and self.svc.batches.wanted(row, spec) else SMALL
+            if free[lane] <= 0:
                 continue
-            wait = plan_start(row.size, row.bytes_done, self.committed(), self.disk)
+            wait = plan_start(row.size, row.bytes_done, committed, self.disk)
             if wait is not None:
                 if row.reason != wait:
                     self.svc.store.set_reason(row.id, wait)
@@ -166,6 +189,7 @@ class Scheduler:
             if (row.reason or "").startswith(DISK_WAIT):
                 self.svc.event("info", "space is there: starting", job_id=row.job_id, row=row)
             self.start_guarded(row)
+            committed += max((row.size or 0) - row.bytes_done, 0)
             free[lane] -= 1
 
     def start_guarded(self, row: FileRow) -> None:

@@ -1,0 +1,79 @@
+"""The small-file runner: one thread fetches many small files at once
+(``acquired.sources.http.batch.SmallFiles``) and posts one message per flush."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from acquired.daemon.messages import BatchEnded
+from acquired.daemon.runners import Post, spawn
+from acquired.sources.http import HttpOptions
+from acquired.sources.http.batch import BatchItem, BatchOutcome, SmallFiles
+
+
+class BatchTicket:
+    """One file of the small-file runner, as the state thread holds it: ``cancel()``
+    stops that file alone; ``future`` ends when its outcome is posted."""
+
+    def __init__(self, runner: BatchRunner, token: int) -> None:
+        self._runner = runner
+        self.token = token
+        self.future: Future[None] = Future()
+
+    def cancel(self) -> None:
+        """Stop this file only (thread-safe)."""
+        self._runner.cancel(self.token)
+
+
+class BatchRunner:
+    """Starts the fetching thread on first use; files are keyed by their token."""
+
+    def __init__(self, post: Post) -> None:
+        self._post = post
+        self._lock = threading.Lock()
+        self._engine: SmallFiles | None = None
+        self._thread: threading.Thread | None = None
+        self._files: dict[int, tuple[int, BatchTicket]] = {}  # token -> (file id, ticket)
+
+    def start(self, file_id: int, token: int, item: BatchItem, options: HttpOptions) -> BatchTicket:
+        """Queue one file (``item.key`` must be ``token``); returns its ticket."""
+        ticket = BatchTicket(self, token)
+        with self._lock:
+            self._files[token] = (file_id, ticket)
+            engine = self._engine
+            if engine is None:
+                engine = self._engine = SmallFiles(options, self._on_done)
+                self._thread = spawn("http-small", engine.run)
+        engine.submit([item])
+        return ticket
+
+    def cancel(self, token: int) -> None:
+        """Stop one file; its end is posted as cancelled."""
+        with self._lock:
+            engine = self._engine
+        if engine is not None:
+            engine.cancel(token)
+
+    def shutdown(self) -> threading.Thread | None:
+        """Stop the fetching thread (what runs is cancelled); returns it to wait for."""
+        with self._lock:
+            engine, thread = self._engine, self._thread
+        if engine is not None:
+            engine.close()
+        return thread
+
+    def _on_done(self, outcomes: list[BatchOutcome]) -> None:
+        ends = []
+        tickets = []
+        with self._lock:
+            for o in outcomes:
+                entry = self._files.pop(o.key, None)
+                if entry is None:
+                    continue
+                ends.append((entry[0], o.key, o.result, o.error))
+                tickets.append(entry[1])
+        if ends:
+            self._post(BatchEnded(tuple(ends)))
+        for ticket in tickets:
+            ticket.future.set_result(None)
