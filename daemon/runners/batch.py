@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future
 
@@ -10,6 +11,8 @@ from acquired.daemon.messages import BatchEnded
 from acquired.daemon.runners import Post, spawn
 from acquired.sources.http import HttpOptions
 from acquired.sources.http.batch import BatchItem, BatchOutcome, SmallFiles
+
+LOG = logging.getLogger("acquired.runners")
 
 
 class BatchTicket:
@@ -74,6 +77,10 @@ class BatchRunner:
                 ends.append((entry[0], o.key, o.result, o.error))
                 tickets.append(entry[1])
         if ends:
+            placed = sum(1 for end in ends if end[3] is None)
+            LOG.debug(
+                "small-file runner: %d file(s) in place, %d ended else", placed, len(ends) - placed
+            )
             self._post(BatchEnded(tuple(ends)))
         for ticket in tickets:
             ticket.future.set_result(None)
