@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -35,6 +36,7 @@ SMALL_LANE = 32
 # connections busy while a flush is being applied.
 BATCH_LANE = 512
 LARGE, SMALL, BATCH = "large", "small", "batch"
+SCHEDULE_EVERY = 0.2  # seconds between scheduling passes while the small-file lane is full
 
 
 def in_batch(handle: object) -> bool:
@@ -94,6 +96,7 @@ class Scheduler:
         self.svc = svc
         self.disk = DiskView(0, 0)
         self.last_check = 0.0
+        self.last_pass = 0.0
         # Transfers and steps of replaced jobs still stopping: job id -> their tokens.
         self.draining: dict[str, set[int]] = {}
         self.drain_since: dict[str, float] = {}
@@ -148,12 +151,21 @@ class Scheduler:
         }
         if all(n <= 0 for n in free.values()):
             return
+        # Finding queued files is a query over the queue: while small files stream through
+        # their lane, run it when a good part of the lane is free, or a few times a
+        # second for the other lanes, not after every message.
+        now = time.monotonic()
+        if free[BATCH] < BATCH_LANE // 8 and now - self.last_pass < SCHEDULE_EVERY:
+            return
+        self.last_pass = now
         # Look a little past the free slots so files waiting for disk do not block
         # smaller ones behind them.
         limit = sum(max(n, 0) for n in free.values()) + 32
         rows = self.svc.store.next_queued(time.time(), limit=limit, skip=active)
         committed = self.committed()
         jobs: dict[str, Any] = {}
+        # Files for the small-file runner start together, per job, after the loop.
+        batches: dict[str, tuple[Any, Any, list[FileRow]]] = {}
         for row in rows:
             if not any(n > 0 for n in free.values()):
                 break
@@ -188,9 +200,31 @@ class Scheduler:
                 continue
             if (row.reason or "").startswith(DISK_WAIT):
                 self.svc.event("info", "space is there: starting", job_id=row.job_id, row=row)
-            self.start_guarded(row)
+            if lane == BATCH:
+                batches.setdefault(row.job_id, (job, manifest, []))[2].append(row)
+            else:
+                self.start_guarded(row)
             committed += max((row.size or 0) - row.bytes_done, 0)
             free[lane] -= 1
+        for job, manifest, batch in batches.values():
+            self.start_batch(job, manifest, batch)
+
+    def start_batch(self, job: Any, manifest: Any, rows: list[FileRow]) -> None:
+        """Start small files of one job on the small-file runner; a failure to start
+        them fails them (each with the code and hint of what went wrong), scheduling
+        goes on."""
+        try:
+            self.svc.batches.start_many(job, manifest, rows)
+        except Exception as exc:
+            if STRICT and isinstance(exc, InvalidTransition):
+                raise
+            info = describe(exc)
+            if info.code == "internal.error":
+                LOG.exception("internal error while starting %d files of %s", len(rows), job.id)
+            for row in rows:
+                if row.id not in self.svc.active:
+                    with contextlib.suppress(KeyError):
+                        self.svc.outcomes.fail(self.svc.store.get_file(row.id), info)
 
     def start_guarded(self, row: FileRow) -> None:
         """Start one file; a failure to start fails that file alone, with its code and

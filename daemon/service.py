@@ -410,11 +410,16 @@ class Service:
         if say is not None:
             self.event(say[0], say[1], job_id=row.job_id, row=row)
         if Effect.CHECK_JOB in move.effects:
-            if self._deferred is not None:
-                self._deferred.add(row.job_id)
-            else:
-                self.jobsteps.maybe_finish(row.job_id)
+            self.check_job(row.job_id)
         return move
+
+    def check_job(self, job_id: str) -> None:
+        """Every file of the job may be done: start its own steps (now, or at the end
+        of ``deferred_checks``)."""
+        if self._deferred is not None:
+            self._deferred.add(job_id)
+        else:
+            self.jobsteps.maybe_finish(job_id)
 
     @contextmanager
     def deferred_checks(self) -> Iterator[None]:

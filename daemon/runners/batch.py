@@ -39,17 +39,22 @@ class BatchRunner:
         self._thread: threading.Thread | None = None
         self._files: dict[int, tuple[int, BatchTicket]] = {}  # token -> (file id, ticket)
 
-    def start(self, file_id: int, token: int, item: BatchItem, options: HttpOptions) -> BatchTicket:
-        """Queue one file (``item.key`` must be ``token``); returns its ticket."""
-        ticket = BatchTicket(self, token)
+    def start_many(
+        self, work: list[tuple[int, int, BatchItem]], options: HttpOptions
+    ) -> list[BatchTicket]:
+        """Queue files: (file id, token, item) each, ``item.key`` being the token; returns
+        their tickets in the same order. ``options`` start the fetching thread the first
+        time."""
+        tickets = [BatchTicket(self, token) for _, token, _ in work]
         with self._lock:
-            self._files[token] = (file_id, ticket)
+            for (file_id, token, _), ticket in zip(work, tickets, strict=True):
+                self._files[token] = (file_id, ticket)
             engine = self._engine
             if engine is None:
                 engine = self._engine = SmallFiles(options, self._on_done)
                 self._thread = spawn("http-small", engine.run)
-        engine.submit([item])
-        return ticket
+        engine.submit([item for _, _, item in work])
+        return tickets
 
     def cancel(self, token: int) -> None:
         """Stop one file; its end is posted as cancelled."""

@@ -3,25 +3,25 @@
 For a file of a few kilobytes the round trip and the per-file bookkeeping, not the
 bandwidth, are the cost: a thread, a requests session and a watchdog per file spend more
 CPU than the bytes themselves. Here one thread keeps up to ``concurrency`` transfers open
-over reused keep-alive connections (the per-host cap is the shared ``HostSlots``), writes
-each body into its ``.part`` file as it arrives (never following a link under the root,
-as ``PartFile`` opens it), hashes it on the way, and checks size and digests before the
-file goes into place. A failed try goes to the file's next mirror, a temporary failure
-(reset, timeout, 5xx) is tried again after a backoff; one file's failure is that file's
-alone.
+over reused keep-alive connections (the per-host cap is the shared ``HostSlots``), keeps
+each body in memory as it arrives (never more than the file's size: the caller sends
+only small files), hashes it on the way, and checks size and digests. A failed try goes
+to the file's next mirror, a temporary failure (reset, timeout, 5xx) is tried again
+after a backoff; one file's failure is that file's alone.
 
-Durability is per flush, not per file: the finished files' data is flushed
-(``fdatasync``, on a few threads so the filesystem commits them together), then each is
-renamed into place and each folder is synced once, and only then is the flush reported
-(``on_done``) — a file reported done survives a crash. Small files restart from zero:
-they carry no checkpoint.
+A verified body is written to its ``.part`` and flushed (``fdatasync``) on a few worker
+threads, so that the transfers go on and the filesystem commits many files together
+(``placing.Folders``: every folder opened once beneath the root, no link followed).
+Durability is per flush, not per file: every ``flush_every`` seconds the written files
+are renamed into place and each folder is synced once, and only then is the flush
+reported (``on_done``) — a file reported done survives a crash. Small files restart
+from zero: they carry no checkpoint.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import os
 import random
 import threading
 import time
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pycurl
 
-from acquired.common import safepath
 from acquired.common.digests import Hasher
 from acquired.sources.http.errors import (
     BadUrl,
@@ -54,7 +53,7 @@ from acquired.sources.http.errors import (
 from acquired.sources.http.hashing import mismatches
 from acquired.sources.http.mirrors import all_failed
 from acquired.sources.http.model import DownloadResult, HttpOptions
-from acquired.sources.http.partfile import PartFile
+from acquired.sources.http.placing import Folder, Folders
 from acquired.sources.http.protocol import check_url
 from acquired.sources.http.ranking import host_of
 from acquired.sources.http.ratelimit import RateLimiter
@@ -151,23 +150,6 @@ class _Transfer:
         return None
 
 
-def write_part(item: BatchItem, chunks: list[bytes]) -> PartFile:
-    """Write a verified body to the item's ``.part`` (opened beneath the root without
-    following links) and flush it to disk; the open part file is returned for the rename."""
-    part = PartFile(item.part, root=item.root)
-    try:
-        part.truncate(0)  # a small file starts again from zero: it has no checkpoint
-        offset = 0
-        for chunk in chunks:
-            part.pwrite(chunk, offset)
-            offset += len(chunk)
-        part.sync()
-    except BaseException:
-        part.remove()
-        raise
-    return part
-
-
 def status_error(status: int, url: str) -> HttpError:
     """The error a final HTTP status other than 200 means for a whole-file GET."""
     details = {"url": url, "status": status}
@@ -236,7 +218,8 @@ class SmallFiles:
         self._seq = 0
         self._active: dict[pycurl.Curl, _Transfer] = {}
         self._host_local: dict[str, int] = {}
-        self._done: list[tuple[_Transfer, Future[PartFile]]] = []
+        self._done: list[tuple[_Transfer, Folder, str, Future[None]]] = []
+        self._folders = Folders()
         self._failed: list[BatchOutcome] = []
         self._last_flush = time.monotonic()
 
@@ -285,6 +268,7 @@ class SmallFiles:
             self._multi.close()
             self._share.close()
             self._sync.shutdown(wait=True)
+            self._folders.close()
 
     def _take_inbox(self) -> bool:
         with self._lock:
@@ -453,9 +437,15 @@ class SmallFiles:
                     urls=[t.url],
                 )
         if error is None:
+            try:
+                folder, name = self._folders.folder(item.root, item.dest)
+            except BaseException as exc:  # a link on the way, a file where a folder goes
+                self._failed.append(BatchOutcome(item.key, None, exc))
+                return
             # Creating, writing and flushing files blocks in the kernel: on a few threads,
             # so that the transfers go on and the filesystem commits files together.
-            self._done.append((t, self._sync.submit(write_part, item, t.chunks)))
+            write = self._sync.submit(Folders.write, folder, name, t.chunks)
+            self._done.append((t, folder, name, write))
             return
         t.chunks = []
         if not isinstance(error, HttpError):
@@ -531,49 +521,27 @@ class SmallFiles:
         done, self._done = self._done, []
         outcomes, self._failed = self._failed, []
         self._last_flush = time.monotonic()
-        placed: list[tuple[_Transfer, DownloadResult]] = []
-        folders: dict[tuple[str, str], Path | None] = {}
-        for t, written in done:
-            item = t.it.item
+        written: list[tuple[_Transfer, Folder, str]] = []
+        for t, folder, name, write in done:
             t.chunks = []
             try:
-                part = written.result()
-            except BaseException as exc:  # DiskFull, a link on the way: this file's alone
-                outcomes.append(BatchOutcome(item.key, None, exc))
+                write.result()
+            except BaseException as exc:  # DiskFull, a link planted at the .part
+                outcomes.append(BatchOutcome(t.it.item.key, None, exc))
                 continue
-            try:
-                part.place(item.dest)
-            except BaseException as exc:
-                part.close()
-                outcomes.append(BatchOutcome(item.key, None, exc))
+            written.append((t, folder, name))
+        folders, self._folders = self._folders, Folders()
+        try:
+            failed = folders.place([(folder, name) for _, folder, name in written])
+        finally:
+            folders.close()
+        for t, folder, name in written:
+            item = t.it.item
+            why = failed.get((folder.fd, name))
+            if why is not None:
+                outcomes.append(BatchOutcome(item.key, None, why))
                 continue
-            folders[(str(item.root), str(item.dest.parent))] = item.root
-            actual = t.hasher.hexdigests()
-            placed.append((t, DownloadResult(item.dest, t.got, actual, None)))
-        broken: dict[str, BaseException] = {}
-        for (_, parent), root in folders.items():
-            try:
-                sync_folder(Path(parent), root)
-            except BaseException as exc:
-                broken[parent] = exc
-        for t, result in placed:
-            lost = broken.get(str(t.it.item.dest.parent))
-            if lost is not None:
-                outcomes.append(BatchOutcome(t.it.item.key, None, lost))
-            else:
-                outcomes.append(BatchOutcome(t.it.item.key, result, None))
+            result = DownloadResult(item.dest, t.got, t.hasher.hexdigests(), None)
+            outcomes.append(BatchOutcome(item.key, result, None))
         if outcomes:
             self._on_done(outcomes)
-
-
-def sync_folder(folder: Path, root: Path | None) -> None:
-    """fsync a folder (opened beneath ``root`` without following links): the renames in
-    it are durable after this."""
-    if root is None:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    else:
-        fd = safepath.open_dir_beneath(root, safepath.relative_to(root, folder))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -112,15 +112,6 @@ class PartFile:
         following it, and the data stays where it was written.
         """
         self.sync()
-        self._rename(dest, sync=True)
-
-    def place(self, dest: Path) -> None:
-        """Move the data to ``dest`` like ``rename_to``, but leave the flushes to the
-        caller: many small files are synced together (``sync`` each on a few threads,
-        then one folder sync per folder), not one journal commit each."""
-        self._rename(dest, sync=False)
-
-    def _rename(self, dest: Path, *, sync: bool) -> None:
         self._close_fd()
         try:
             parent = safepath.open_dir_beneath(self._root, self._rel_dir)
@@ -132,11 +123,11 @@ class PartFile:
                         path=str(self.path.parent),
                     )
                 if dest.parent == self.path.parent:
-                    safepath.rename_beneath(parent, self._name, dest.name, sync=sync)
+                    safepath.rename_beneath(parent, self._name, dest.name, sync=True)
                 else:
                     part_rel = "/".join(p for p in (self._rel_dir, self._name) if p)
                     dest_rel = safepath.relative_to(self._root, dest)
-                    safepath.rename_beneath(self._root, part_rel, dest_rel, sync=sync)
+                    safepath.rename_beneath(self._root, part_rel, dest_rel, sync=True)
             finally:
                 os.close(parent)
         finally:
