@@ -119,7 +119,7 @@ class SmallLane:
             n = len(spec.sources.mirrors)
             source = "http" if n == 1 else f"http {n} mirrors"
             self.svc.active[row.id] = self.svc.track(
-                row, token, ticket.future, source=source, handle=ticket
+                row, token, ticket.thread, source=source, handle=ticket
             )
 
     def start(
@@ -150,7 +150,7 @@ class SmallLane:
         )
         (ticket,) = self.svc.batch_runner.start_many([(row.id, token, item)], options)
         self.svc.active[row.id] = self.svc.track(
-            row, token, ticket.future, source=source, handle=ticket
+            row, token, ticket.thread, source=source, handle=ticket
         )
         return True
 

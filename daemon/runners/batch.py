@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future
 
 from acquired.daemon.messages import BatchEnded
 from acquired.daemon.runners import Post, spawn
@@ -17,12 +16,14 @@ LOG = logging.getLogger("acquired.runners")
 
 class BatchTicket:
     """One file of the small-file runner, as the state thread holds it: ``cancel()``
-    stops that file alone; ``future`` ends when its outcome is posted."""
+    stops that file alone; ``thread`` is the runner's (what a shutdown waits for)."""
 
-    def __init__(self, runner: BatchRunner, token: int) -> None:
+    __slots__ = ("_runner", "thread", "token")
+
+    def __init__(self, runner: BatchRunner, token: int, thread: threading.Thread) -> None:
         self._runner = runner
         self.token = token
-        self.future: Future[None] = Future()
+        self.thread = thread
 
     def cancel(self) -> None:
         """Stop this file only (thread-safe)."""
@@ -37,7 +38,7 @@ class BatchRunner:
         self._lock = threading.Lock()
         self._engine: SmallFiles | None = None
         self._thread: threading.Thread | None = None
-        self._files: dict[int, tuple[int, BatchTicket]] = {}  # token -> (file id, ticket)
+        self._files: dict[int, int] = {}  # token -> file id
 
     def start_many(
         self, work: list[tuple[int, int, BatchItem]], options: HttpOptions
@@ -45,16 +46,15 @@ class BatchRunner:
         """Queue files: (file id, token, item) each, ``item.key`` being the token; returns
         their tickets in the same order. ``options`` start the fetching thread the first
         time."""
-        tickets = [BatchTicket(self, token) for _, token, _ in work]
         with self._lock:
-            for (file_id, token, _), ticket in zip(work, tickets, strict=True):
-                self._files[token] = (file_id, ticket)
-            engine = self._engine
-            if engine is None:
+            for file_id, token, _ in work:
+                self._files[token] = file_id
+            engine, thread = self._engine, self._thread
+            if engine is None or thread is None or not thread.is_alive():
                 engine = self._engine = SmallFiles(options, self._on_done)
-                self._thread = spawn("http-small", engine.run)
+                thread = self._thread = spawn("http-small", engine.run)
         engine.submit([item for _, _, item in work])
-        return tickets
+        return [BatchTicket(self, token, thread) for _, token, _ in work]
 
     def cancel(self, token: int) -> None:
         """Stop one file; its end is posted as cancelled."""
@@ -73,19 +73,14 @@ class BatchRunner:
 
     def _on_done(self, outcomes: list[BatchOutcome]) -> None:
         ends = []
-        tickets = []
         with self._lock:
             for o in outcomes:
-                entry = self._files.pop(o.key, None)
-                if entry is None:
-                    continue
-                ends.append((entry[0], o.key, o.result, o.error))
-                tickets.append(entry[1])
+                file_id = self._files.pop(o.key, None)
+                if file_id is not None:
+                    ends.append((file_id, o.key, o.result, o.error))
         if ends:
             placed = sum(1 for end in ends if end[3] is None)
             LOG.debug(
                 "small-file runner: %d file(s) in place, %d ended else", placed, len(ends) - placed
             )
             self._post(BatchEnded(tuple(ends)))
-        for ticket in tickets:
-            ticket.future.set_result(None)

@@ -20,6 +20,7 @@ from zero: they carry no checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import random
@@ -251,7 +252,7 @@ class SmallFiles:
                 closing = self._take_inbox()
                 if closing:
                     self._drop_everything()
-                    self._flush()
+                    self._flush(wait=True)
                     return
                 self._admit()
                 if self._active:
@@ -259,9 +260,14 @@ class SmallFiles:
                 if self._done or self._failed:
                     idle = not self._active and not self._pending
                     if idle or time.monotonic() - self._last_flush >= self._flush_every:
-                        self._flush()
+                        self._flush(wait=False)
                 if not self._active:
                     self._idle_wait()
+        except Exception as exc:
+            # A bug here must not leave files in flight for ever: each ends with it (the
+            # daemon decides about another try) and the runner is started afresh.
+            log.exception("the small-file runner failed")
+            self._abandon(exc)
         finally:
             for c in self._handles:
                 c.close()
@@ -297,8 +303,10 @@ class SmallFiles:
             timeout = min(timeout, max(self._delayed[0][0] - time.monotonic(), 0.0))
         if self._pending:
             timeout = min(timeout, 0.02)  # waiting for a host slot held elsewhere
-        if self._done or self._failed:
+        if self._failed:
             timeout = min(timeout, self._flush_every)
+        if self._done:
+            timeout = min(timeout, 0.005)  # files still being written: report them soon
         self._wake.wait(timeout)
         self._wake.clear()
 
@@ -510,15 +518,38 @@ class SmallFiles:
         self._delayed = delayed
         # A file already fetched and being flushed is past cancelling: it is reported done.
 
+    def _abandon(self, exc: Exception) -> None:
+        keys = {t.it.item.key for t in self._active.values()}
+        keys |= {it.item.key for it in self._pending}
+        keys |= {d[2].item.key for d in self._delayed}
+        keys |= {d[0].it.item.key for d in self._done}
+        with self._lock:
+            keys |= {item.key for item in self._inbox}
+            self._inbox.clear()
+        ended = {o.key for o in self._failed}
+        outcomes = self._failed + [BatchOutcome(k, None, exc) for k in keys - ended]
+        self._failed, self._done = [], []
+        with contextlib.suppress(Exception):
+            self._on_done(outcomes)
+
     def _drop_everything(self) -> None:
         keys = {t.it.item.key for t in self._active.values()}
         keys |= {it.item.key for it in self._pending}
         keys |= {d[2].item.key for d in self._delayed}
         self._cancel_keys(keys)
 
-    def _flush(self) -> None:
-        """Make the finished files durable in place, then report them (and the failures)."""
-        done, self._done = self._done, []
+    def _flush(self, *, wait: bool) -> None:
+        """Make the written files durable in place, then report them and the failures.
+        Files still being written wait for the next flush (all of them when ``wait``):
+        the transfers do not stop for the disk."""
+        done: list[tuple[_Transfer, Folder, str, Future[None]]] = []
+        if wait:
+            done, self._done = self._done, []
+        else:
+            waiting: list[tuple[_Transfer, Folder, str, Future[None]]] = []
+            for d in self._done:
+                (done if d[3].done() else waiting).append(d)
+            self._done = waiting
         outcomes, self._failed = self._failed, []
         self._last_flush = time.monotonic()
         written: list[tuple[_Transfer, Folder, str]] = []
@@ -530,11 +561,9 @@ class SmallFiles:
                 outcomes.append(BatchOutcome(t.it.item.key, None, exc))
                 continue
             written.append((t, folder, name))
-        folders, self._folders = self._folders, Folders()
-        try:
-            failed = folders.place([(folder, name) for _, folder, name in written])
-        finally:
-            folders.close()
+        failed = self._folders.place([(folder, name) for _, folder, name in written])
+        if not self._done and not self._active and not self._pending:
+            self._folders.close()  # nothing on its way: no folder is held open
         for t, folder, name in written:
             item = t.it.item
             why = failed.get((folder.fd, name))

@@ -1,22 +1,22 @@
 """Many verified small files onto disk, durably, with one folder walk and one folder sync
 per folder instead of per file.
 
-``Folders`` holds the folders of one flush, each opened once beneath its root without
-following links (``safepath.open_dir_beneath``). Each file's ``.part`` is created in its
-folder's descriptor (``safepath.open_beneath``, so a link planted at the ``.part`` is
-refused), written and flushed (``fdatasync``) on a worker thread, so the filesystem
-commits many files together. ``place`` then checks that each folder is still the one
-beneath the root (a folder swapped for a link meanwhile refuses its files), renames each
-``.part`` over its final name (entries only: a link at the final name is replaced, never
-followed) and syncs each folder once. After ``place`` returns, a file it reports placed
-survives a crash.
+``Folders`` holds the folders files are being written into, each opened once beneath
+its root without following links (``safepath.open_dir_beneath``). Each file's ``.part``
+is created in its folder's descriptor (``safepath.open_beneath``, so a link planted at
+the ``.part`` is refused), written and flushed (``fdatasync``) on a worker thread, so the
+filesystem commits many files together. ``place`` then checks that each folder is still
+the one beneath the root (a folder swapped for a link meanwhile refuses its files),
+renames each ``.part`` over its final name (entries only: a link at the final name is
+replaced, never followed) and syncs each folder once. After ``place`` returns, a file it
+reports placed survives a crash.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from acquired.common import safepath
@@ -25,16 +25,16 @@ from acquired.sources.errors import DiskFull
 
 @dataclass
 class Folder:
-    """One folder of a flush: its descriptor and the files written into it."""
+    """A folder files are written into: where it is beneath its root, its descriptor."""
 
     root: Path
     rel: str
     fd: int
-    names: list[str] = field(default_factory=list)
 
 
 class Folders:
-    """The folders of one flush (used by one thread; ``write`` runs on workers)."""
+    """The folders files are being written into, each opened once (used by one thread;
+    ``write`` runs on workers); closed when nothing is on its way."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[Path, str], Folder] = {}
@@ -87,7 +87,8 @@ class Folders:
         files that could not be placed, by (folder descriptor, name), with why."""
         failed: dict[tuple[int, str], BaseException] = {}
         broken: dict[int, BaseException] = {}
-        for folder in self._open.values():
+        involved = {id(folder): folder for folder, _ in files}
+        for folder in involved.values():
             try:
                 again = safepath.open_dir_beneath(folder.root, folder.rel)
             except (OSError, safepath.UnsafePath) as exc:
@@ -116,7 +117,7 @@ class Folders:
                 failed[(folder.fd, name)] = exc
                 continue
             used.add(folder.fd)
-        for folder in self._open.values():
+        for folder in involved.values():
             if folder.fd in used:
                 try:
                     os.fsync(folder.fd)
