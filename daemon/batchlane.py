@@ -187,14 +187,14 @@ class SmallLane:
         for state, rows in writes.items():
             self.svc.store.set_states(state, rows)
         for job_id in sorted(jobs):
-            self.svc.check_job(job_id)
+            self.svc.jobsteps.check(job_id)
         return moved
 
     # -- ends ------------------------------------------------------------------------------
     def on_batch_ended(self, message: BatchEnded) -> None:
         """Apply every end of a flush: the files done together, any other end (failure,
         stop, a file with unpack steps) the usual way; one file's trouble is its own."""
-        with self.svc.deferred_checks():
+        with self.svc.jobsteps.deferred():
             done: list[tuple[Any, DownloadResult]] = []
             rest = []
             for end in message.ends:

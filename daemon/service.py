@@ -19,10 +19,9 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import Future
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +140,6 @@ class Service:
         self.scheduler = Scheduler(self)
         self.files = FilesKind(self)
         self.batches = SmallLane(self)
-        # Jobs whose end a pass over many files checks once, at its end (deferred_checks).
-        self._deferred: set[str] | None = None
         self.urllist = UrllistKind(self)
         self.kinds: dict[str, JobKind] = {self.files.name: self.files, "urllist": self.urllist}
         self.torrent = TorrentFlow(self)
@@ -410,32 +407,8 @@ class Service:
         if say is not None:
             self.event(say[0], say[1], job_id=row.job_id, row=row)
         if Effect.CHECK_JOB in move.effects:
-            self.check_job(row.job_id)
+            self.jobsteps.check(row.job_id)
         return move
-
-    def check_job(self, job_id: str) -> None:
-        """Every file of the job may be done: start its own steps (now, or at the end
-        of ``deferred_checks``)."""
-        if self._deferred is not None:
-            self._deferred.add(job_id)
-        else:
-            self.jobsteps.maybe_finish(job_id)
-
-    @contextmanager
-    def deferred_checks(self) -> Iterator[None]:
-        """Within: a move that may end a job records the job, and each job is checked
-        once at the end (a flush of thousands of small files does not count a job's
-        files once per file)."""
-        if self._deferred is not None:
-            yield
-            return
-        self._deferred = set()
-        try:
-            yield
-        finally:
-            jobs, self._deferred = self._deferred, None
-            for job_id in sorted(jobs):
-                self._guarded("finish", self.jobsteps.maybe_finish, job_id)
 
     def stop_active(self, act: Active, reason: str) -> None:
         """Ask a file's transfer or step to stop; its end says ``reason``."""

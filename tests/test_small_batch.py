@@ -125,3 +125,31 @@ def test_kill_mid_flush_keeps_every_file_shown_done_and_resumes(tmp_path: Path) 
                 assert (again.data / "slow" / name).read_bytes() == body
             assert [p for p in (again.data / "slow").rglob("*.part")] == []
             assert os.path.isdir(again.data / "slow")
+
+
+def test_pause_stops_the_files_in_flight_and_resume_finishes_them(tmp_path: Path) -> None:
+    data = blobs(400, seed=4, low=2000, high=4000)
+    with HttpTestServer() as server:
+        files = [entry(server, name, body) for name, body in data.items()]
+        for name in data:
+            server.fault(f"/{name}", Fault(rate=4000), times=1)
+        with DaemonProcess(tmp_path) as d:
+            d.drop("held.json", job_text("held", files))
+            d.wait_for(
+                lambda: (job := d.job("held")) is not None and job["files_done"] >= 20,
+                120,
+                "some files done",
+            )
+            assert d.ctl("pause", "held").returncode == 0
+            d.wait_job("held", "paused", timeout=60)
+            seen = states(d, "held")
+            assert {f["state"] for f in seen.values()} <= {"done", "paused"}
+            assert any(f["state"] == "paused" for f in seen.values())
+            for name, f in seen.items():
+                if f["state"] == "paused":
+                    assert not (d.data / "held" / name).exists()
+            server.clear_faults()
+            assert d.ctl("resume", "held").returncode == 0
+            d.wait_job("held", "done", timeout=120)
+            for name, body in data.items():
+                assert (d.data / "held" / name).read_bytes() == body
