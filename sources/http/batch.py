@@ -190,7 +190,7 @@ class SmallFiles:
         *,
         concurrency: int = 64,
         flush_every: float = 0.1,
-        sync_threads: int = 16,
+        sync_threads: int = 8,
         max_tries: int = 3,
     ) -> None:
         self.options = options
