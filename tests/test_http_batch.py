@@ -157,3 +157,16 @@ def test_a_cancelled_file_ends_alone(tmp_path: Path) -> None:
     assert not (tmp_path / "c2").exists()
     for i in (0, 1, 3):
         assert (tmp_path / f"c{i}").read_bytes() == data[i]
+
+
+def test_an_unknown_digest_algorithm_fails_that_file_alone(tmp_path: Path) -> None:
+    good, odd = b"g" * 2000, b"o" * 2000
+    with HttpTestServer() as server:
+        items = [
+            item(0, server.add("/g", good), tmp_path / "g", good),
+            item(1, server.add("/o", odd), tmp_path / "o", odd, digests={"crc99": "00"}),
+        ]
+        got = fetch_all(items)
+    assert got[0].error is None and (tmp_path / "g").read_bytes() == good
+    assert got[1].error is not None and "crc99" in str(got[1].error)
+    assert not (tmp_path / "o").exists()

@@ -146,6 +146,8 @@ class _Transfer:
         self.chunks.append(data)
         self.hasher.update(data)
         self.got += n
+        # A bandwidth limit holds the whole loop back, which is what a limit over all the
+        # small files at once asks for.
         for limiter in self._limiters:
             limiter.acquire(n, self._cancel)
         return None
@@ -358,7 +360,12 @@ class SmallFiles:
             self._host_local.pop(host, None)
 
     def _start(self, it: _Item, url: str, host: str) -> None:
-        t = _Transfer(it, url, host, self._cancel_all)
+        try:
+            t = _Transfer(it, url, host, self._cancel_all)
+        except Exception as exc:  # an algorithm the hasher does not know: this file's alone
+            self._release_slot(host)
+            self._failed.append(BatchOutcome(it.item.key, None, exc))
+            return
         c = self._easy()
         c.setopt(pycurl.URL, url)
         c.setopt(pycurl.WRITEFUNCTION, t.write)
