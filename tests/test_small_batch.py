@@ -46,7 +46,7 @@ def states(d: DaemonProcess, job: str) -> dict[str, dict[str, Any]]:
 
 
 def test_thousands_of_small_files_in_place_with_their_bytes(tmp_path: Path) -> None:
-    data = blobs(3000, seed=1)
+    data = blobs(2000, seed=1)
     with HttpTestServer() as server:
         files = [entry(server, name, body) for name, body in data.items()]
         with DaemonProcess(tmp_path) as d:
