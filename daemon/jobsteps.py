@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from acquired.daemon.errors import describe
@@ -26,6 +28,35 @@ class JobSteps:
         self.svc = svc
         # Jobs whose own steps run now: job id -> (token, handle, thread, progress text).
         self.finishing: dict[str, tuple[int, StepHandle, threading.Thread, str]] = {}
+        # Jobs whose end a pass over many files checks once, at its end (``deferred``).
+        self._deferred: set[str] | None = None
+
+    def check(self, job_id: str) -> None:
+        """Every file of the job may be done: start its own steps (now, or at the end of
+        ``deferred``)."""
+        if self._deferred is not None:
+            self._deferred.add(job_id)
+        else:
+            self.maybe_finish(job_id)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within: a move that may end a job records the job, and each job is checked once
+        at the end (a flush of thousands of small files does not count a job's files
+        once per file). A failing check is logged; the others go on."""
+        if self._deferred is not None:
+            yield
+            return
+        self._deferred = set()
+        try:
+            yield
+        finally:
+            jobs, self._deferred = self._deferred, None
+            for job_id in sorted(jobs):
+                try:
+                    self.maybe_finish(job_id)
+                except Exception:
+                    LOG.exception("internal error while checking the end of %s", job_id)
 
     def maybe_finish(self, job_id: str) -> None:
         """Start the job's own steps if it has some and every file is done."""

@@ -81,6 +81,14 @@ class TransferEnded:
 
 
 @dataclass(frozen=True)
+class BatchEnded:
+    """Many small transfers ended at once: ``ends`` holds (file id, token, result, error)
+    for each, every successful one already durable in place."""
+
+    ends: tuple[tuple[int, int, object | None, BaseException | None], ...]
+
+
+@dataclass(frozen=True)
 class TorrentEvent:
     """An event of the torrent engine, keyed by torrent, not by file."""
 
@@ -215,6 +223,7 @@ Message = (
     | WatchedMatch
     | SourceEvent
     | TransferEnded
+    | BatchEnded
     | TorrentEvent
     | TorrentAdded
     | SourceChosen

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -14,6 +15,7 @@ from acquired.daemon.lifecycle import (
     Event,
     InvalidTransition,
 )
+from acquired.daemon.runners.batch import BatchTicket
 from acquired.daemon.store import FileRow
 from acquired.daemon.units import format_bytes
 
@@ -29,6 +31,17 @@ DISK_WAIT = "waiting for disk"
 # them fast without letting big transfers crowd the disk or the network.
 SMALL_FILE = 1 << 20
 SMALL_LANE = 32
+# Small files fetched whole from mirrors go to the small-file runner (one thread, many
+# transfers, one message per flush): a lane of their own, wide enough to keep its
+# connections busy while a flush is being applied.
+BATCH_LANE = 512
+LARGE, SMALL, BATCH = "large", "small", "batch"
+SCHEDULE_EVERY = 0.2  # seconds between scheduling passes while the small-file lane is full
+
+
+def in_batch(handle: object) -> bool:
+    """Whether a file in flight is one of the small-file runner's."""
+    return isinstance(handle, BatchTicket)
 
 
 def is_small(size: int | None) -> bool:
@@ -83,6 +96,7 @@ class Scheduler:
         self.svc = svc
         self.disk = DiskView(0, 0)
         self.last_check = 0.0
+        self.last_pass = 0.0
         # Transfers and steps of replaced jobs still stopping: job id -> their tokens.
         self.draining: dict[str, set[int]] = {}
         self.drain_since: dict[str, float] = {}
@@ -127,34 +141,55 @@ class Scheduler:
         """Start queued files while slots and disk allow."""
         if self.svc.stopping:
             return
-        n_small = sum(1 for a in self.svc.active.values() if is_small(a.size))
+        active = self.svc.active
+        n_batch = sum(1 for a in active.values() if in_batch(a.handle))
+        n_small = sum(1 for a in active.values() if is_small(a.size)) - n_batch
         free = {
-            False: self.svc.config.max_concurrent_files - (len(self.svc.active) - n_small),
-            True: SMALL_LANE - n_small,
+            LARGE: self.svc.config.max_concurrent_files - (len(active) - n_small - n_batch),
+            SMALL: SMALL_LANE - n_small,
+            BATCH: BATCH_LANE - n_batch,
         }
-        if free[False] <= 0 and free[True] <= 0:
+        if all(n <= 0 for n in free.values()):
             return
+        # Finding queued files is a query over the queue: while small files stream through
+        # their lane, run it when a good part of the lane is free, or a few times a
+        # second for the other lanes, not after every message.
+        now = time.monotonic()
+        if free[BATCH] < BATCH_LANE // 8 and now - self.last_pass < SCHEDULE_EVERY:
+            return
+        self.last_pass = now
         # Look a little past the free slots so files waiting for disk do not block
         # smaller ones behind them.
-        limit = max(free[False], 0) + max(free[True], 0) + 32
-        rows = self.svc.store.next_queued(time.time(), limit=limit, skip=self.svc.active)
+        limit = sum(max(n, 0) for n in free.values()) + 32
+        rows = self.svc.store.next_queued(time.time(), limit=limit, skip=active)
+        committed = self.committed()
+        jobs: dict[str, Any] = {}
+        # Files for the small-file runner start together, per job, after the loop.
+        batches: dict[str, tuple[Any, Any, list[FileRow]]] = {}
         for row in rows:
-            lane = is_small(row.size)
-            if free[lane] <= 0:
-                continue
-            if row.id in self.svc.active:
+            if not any(n > 0 for n in free.values()):
+                break
+            if row.id in active:
                 continue  # started just now with another file of its torrent
             if row.job_id in self.draining and not self.drain_overdue(row.job_id):
                 continue  # the replaced job's transfers are still stopping
-            job = self.svc.store.get_job(row.job_id)
+            if row.job_id not in jobs:
+                jobs[row.job_id] = self.svc.store.get_job(row.job_id)
+            job = jobs[row.job_id]
             try:
-                loading = job is not None and self.svc.manifests.get(job) is None
+                manifest = self.svc.manifests.get(job) if job is not None else None
             except Exception as exc:  # the stored manifest is unusable: the file fails
                 self.svc.outcomes.fail(row, describe(exc))
                 continue
-            if loading:
+            if job is not None and manifest is None:
+                continue  # loading
+            lane = LARGE
+            if is_small(row.size):
+                spec = manifest.files[row.idx] if manifest is not None else None
+                lane = BATCH if spec is not None and self.svc.batches.wanted(row, spec) else SMALL
+            if free[lane] <= 0:
                 continue
-            wait = plan_start(row.size, row.bytes_done, self.committed(), self.disk)
+            wait = plan_start(row.size, row.bytes_done, committed, self.disk)
             if wait is not None:
                 if row.reason != wait:
                     self.svc.store.set_reason(row.id, wait)
@@ -165,8 +200,31 @@ class Scheduler:
                 continue
             if (row.reason or "").startswith(DISK_WAIT):
                 self.svc.event("info", "space is there: starting", job_id=row.job_id, row=row)
-            self.start_guarded(row)
+            if lane == BATCH:
+                batches.setdefault(row.job_id, (job, manifest, []))[2].append(row)
+            else:
+                self.start_guarded(row)
+            committed += max((row.size or 0) - row.bytes_done, 0)
             free[lane] -= 1
+        for job, manifest, batch in batches.values():
+            self.start_batch(job, manifest, batch)
+
+    def start_batch(self, job: Any, manifest: Any, rows: list[FileRow]) -> None:
+        """Start small files of one job on the small-file runner; a failure to start
+        them fails them (each with the code and hint of what went wrong), scheduling
+        goes on."""
+        try:
+            self.svc.batches.start_many(job, manifest, rows)
+        except Exception as exc:
+            if STRICT and isinstance(exc, InvalidTransition):
+                raise
+            info = describe(exc)
+            if info.code == "internal.error":
+                LOG.exception("internal error while starting %d files of %s", len(rows), job.id)
+            for row in rows:
+                if row.id not in self.svc.active:
+                    with contextlib.suppress(KeyError):
+                        self.svc.outcomes.fail(self.svc.store.get_file(row.id), info)
 
     def start_guarded(self, row: FileRow) -> None:
         """Start one file; a failure to start fails that file alone, with its code and

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from acquired.common.redact import redact_text
+from acquired.daemon.batchlane import SmallLane
 from acquired.daemon.config import Config
 from acquired.daemon.errors import DaemonError, describe
 from acquired.daemon.intake import IntakeDesk, IntakeWorker
@@ -46,6 +47,7 @@ from acquired.daemon.lifecycle import (
 from acquired.daemon.manifest import FileSpec
 from acquired.daemon.messages import (
     Active,
+    BatchEnded,
     InboxFile,
     IntakeParsed,
     JobStepProgress,
@@ -67,6 +69,7 @@ from acquired.daemon.metrics import Metrics
 from acquired.daemon.notify import Notifier, format_status
 from acquired.daemon.outcomes import Outcomes
 from acquired.daemon.runners import WorkerPool
+from acquired.daemon.runners.batch import BatchRunner
 from acquired.daemon.runners.http import HttpRunner
 from acquired.daemon.runners.steps import StepsRunner
 from acquired.daemon.runners.torrent import TorrentRunner
@@ -125,6 +128,7 @@ class Service:
         # The runners (they post back; they never touch the store) ...
         self.pool = WorkerPool(config.max_concurrent_files + SMALL_LANE, "http")
         self.http_runner = HttpRunner(self.post, self.pool)
+        self.batch_runner = BatchRunner(self.post)
         self.torrent_runner = TorrentRunner(self.post)
         self.steps_runner = StepsRunner(self.post)
         self.watched_runner = WatchedRunner(self.post, self.metrics.observe_verify)
@@ -135,6 +139,7 @@ class Service:
         )
         self.scheduler = Scheduler(self)
         self.files = FilesKind(self)
+        self.batches = SmallLane(self)
         self.urllist = UrllistKind(self)
         self.kinds: dict[str, JobKind] = {self.files.name: self.files, "urllist": self.urllist}
         self.torrent = TorrentFlow(self)
@@ -153,6 +158,7 @@ class Service:
         self._handlers: dict[type, Callable[[Any], None]] = {
             TorrentEvent: lambda m: self.torrent.on_torrent_event(m.event),
             TransferEnded: self.outcomes.on_transfer_ended,
+            BatchEnded: self.batches.on_batch_ended,
             TorrentAdded: self.torrent.on_torrent_added,
             JobStepProgress: self.jobsteps.on_job_step_progress,
             JobStepsEnded: self.jobsteps.on_job_steps_ended,
@@ -275,6 +281,9 @@ class Service:
         waits = [a.thread for a in self.active.values() if a.thread is not None]
         waits += [t for _, _, t, _ in self.jobsteps.finishing.values()]
         waits += self.urllist.shutdown()
+        small = self.batch_runner.shutdown()
+        if small is not None:
+            waits.append(small)
         deadline = time.monotonic() + 10
         for w in waits:
             left = max(deadline - time.monotonic(), 0.1)
@@ -398,7 +407,7 @@ class Service:
         if say is not None:
             self.event(say[0], say[1], job_id=row.job_id, row=row)
         if Effect.CHECK_JOB in move.effects:
-            self.jobsteps.maybe_finish(row.job_id)
+            self.jobsteps.check(row.job_id)
         return move
 
     def stop_active(self, act: Active, reason: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +113,38 @@ def _file_row(r: tuple[Any, ...]) -> FileRow:
         plan=json.loads(r[13]) if r[13] else None,
         expect=r[14],
     )
+
+
+def _state_update(
+    state: str,
+    *,
+    reason: str | None = None,
+    error: dict[str, Any] | None = None,
+    not_before: float = 0.0,
+    attempts: int | None = None,
+    source: str | None = None,
+    digests: dict[str, str] | None = None,
+    bytes_done: int | None = None,
+) -> tuple[str, list[Any]]:
+    """The UPDATE of a state change (ending in ``WHERE id = ?``) and its arguments."""
+    sets = ["state = ?", "reason = ?", "error = ?", "not_before = ?", "updated = ?"]
+    args: list[Any] = [
+        state,
+        reason,
+        json.dumps(error) if error else None,
+        not_before,
+        time.time(),
+    ]
+    for column, value in (
+        ("attempts", attempts),
+        ("source", source),
+        ("digests", json.dumps(digests) if digests is not None else None),
+        ("bytes_done", bytes_done),
+    ):
+        if value is not None:
+            sets.append(f"{column} = ?")
+            args.append(value)
+    return f"UPDATE files SET {', '.join(sets)} WHERE id = ?", args
 
 
 class Store(StatusQueries):
@@ -429,24 +461,43 @@ class Store(StatusQueries):
         bytes_done: int | None = None,
     ) -> None:
         """Move a file to ``state``; reason and error are replaced, not merged."""
-        sets = ["state = ?", "reason = ?", "error = ?", "not_before = ?", "updated = ?"]
-        args: list[Any] = [
+        sql, args = _state_update(
             state,
-            reason,
-            json.dumps(error) if error else None,
-            not_before,
-            time.time(),
-        ]
-        for column, value in (
-            ("attempts", attempts),
-            ("source", source),
-            ("digests", json.dumps(digests) if digests is not None else None),
-            ("bytes_done", bytes_done),
-        ):
-            if value is not None:
-                sets.append(f"{column} = ?")
-                args.append(value)
-        self._db.execute(f"UPDATE files SET {', '.join(sets)} WHERE id = ?", (*args, file_id))
+            reason=reason,
+            error=error,
+            not_before=not_before,
+            attempts=attempts,
+            source=source,
+            digests=digests,
+            bytes_done=bytes_done,
+        )
+        self._db.execute(sql, (*args, file_id))
+
+    def set_states(self, state: str, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """``set_state`` for many files at once: (file id, the keyword fields) each; one
+        statement batch per set of fields, not one statement per file."""
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for file_id, fields in changes:
+            sql, args = _state_update(state, **fields)
+            groups.setdefault(sql, []).append((*args, file_id))
+        for sql, rows in groups.items():
+            self._db.executemany(sql, rows)
+
+    def get_files(self, file_ids: Sequence[int]) -> dict[int, FileRow]:
+        """Many files' rows by id in a few queries (ids without a row are left out)."""
+        found: dict[int, FileRow] = {}
+        for i in range(0, len(file_ids), 500):
+            chunk = list(file_ids[i : i + 500])
+            rows = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            found.update((r[0], _file_row(r)) for r in rows)
+        return found
+
+    def clear_checkpoints(self, file_ids: Sequence[int]) -> None:
+        """Forget many files' resume state."""
+        self._db.executemany("DELETE FROM checkpoints WHERE file_id = ?", [(i,) for i in file_ids])
 
     def forget_fetch(self, file_id: int) -> None:
         """The file must be fetched again: drop the digests that marked it fetched."""

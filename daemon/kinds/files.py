@@ -146,6 +146,8 @@ class FilesKind:
         )
         token = self.svc.next_token()
         source = "http" if len(mirrors) == 1 else f"http {len(mirrors)} mirrors"
+        if self.svc.batches.start(row, request, options, token=token, event=event, source=source):
+            return  # a small file: fetched with many others on the small-file runner
         # The last error stays shown while the file is tried again (and tells a repeated
         # checksum mismatch from a new one).
         if self.svc.move(row.id, event, source="http", error=row.error) is None:
