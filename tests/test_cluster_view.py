@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 from rich.console import Console
 from support import urllist_jobs as uj
 from support.daemon import DaemonProcess
@@ -23,6 +24,7 @@ from acquired.daemon.commands.urllist import render_figures
 from acquired.daemon.fleet_tui import fleet_line
 from acquired.daemon.fleetview import node_rows, to_offer
 from acquired.daemon.jobindex import index_rows
+from acquired.daemon.kinds.urllist_fleet import freshest
 from acquired.daemon.tui import render_status
 
 HOLD = 1.5  # seconds each image waits at first: both nodes are caught holding shards
@@ -311,3 +313,35 @@ def test_show_lists_the_nodes_of_a_clustered_job() -> None:
     }
     text = render_figures(fig)
     assert "nodes: a 120/s (2 held) · b 80/s (1 held) (fleet figures read 1 s ago)" in text
+
+
+@pytest.mark.parametrize(
+    ("local", "fleet", "shards_done", "samples_done"),
+    [
+        # The snapshot is behind the node's own last read: the node's counts win.
+        (
+            {"shards_done": 30, "samples_done": 3000},
+            {"shards_done": 28, "samples_done": 2800},
+            30,
+            3000,
+        ),
+        # The snapshot is ahead (other nodes' shards since): the fleet's counts.
+        (
+            {"shards_done": 3, "samples_done": 300},
+            {"shards_done": 28, "samples_done": 2800},
+            28,
+            2800,
+        ),
+        # Same shards, more samples in the local read (live figures).
+        ({"shards_done": 5, "samples_done": 520}, {"shards_done": 5, "samples_done": 500}, 5, 520),
+        # No local figures yet.
+        ({}, {"shards_done": 2, "samples_done": 200}, 2, 200),
+    ],
+)
+def test_freshest_counts_win_and_the_fleet_rates_stay(
+    local: dict[str, Any], fleet: dict[str, Any], shards_done: int, samples_done: int
+) -> None:
+    fleet = dict(fleet, samples_per_s=12.5, nodes_marker=True)
+    out = freshest(local, fleet)
+    assert (out["shards_done"], out["samples_done"]) == (shards_done, samples_done)
+    assert out["samples_per_s"] == 12.5 and out["nodes_marker"] is True

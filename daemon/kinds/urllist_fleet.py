@@ -95,6 +95,37 @@ class _Then(Reply):
         self._then(value)
 
 
+# The counts a job's figures are made of; the rates always come from the snapshot.
+_COUNTED = (
+    "samples_done",
+    "samples_ok",
+    "success_rate",
+    "failures",
+    "duplicates",
+    "filtered",
+    "bytes_written",
+    "shards_done",
+    "shards_in_progress",
+    "shards_dead",
+    "shards_total",
+)
+
+
+def freshest(local: dict[str, Any], fleet: dict[str, Any]) -> dict[str, Any]:
+    """The fleet's figures, with the counts of this node's own last read of Redis when
+    that read is newer (further on: more shards or samples done). The snapshot is up to a
+    second old, and a node that just saw the job finish must not show it short. Pure."""
+    ahead = (local.get("shards_done", 0), local.get("samples_done", 0)) > (
+        fleet.get("shards_done", 0),
+        fleet.get("samples_done", 0),
+    )
+    if not ahead:
+        return fleet
+    out = dict(fleet)
+    out.update({k: local[k] for k in _COUNTED if k in local})
+    return out
+
+
 class FleetSide:
     """The fleet as the state thread knows it (a no-op without ``[cluster]``)."""
 
@@ -401,6 +432,7 @@ class FleetSide:
         )
         out["in_progress"] = fig.get("in_progress", [])
         out["dead"] = fj.dead
+        out = freshest(fig, out)
         out["nodes"] = per_node
         out["fleet_age"] = time.time() - last.at if last.at is not None else None
         return out
