@@ -35,6 +35,7 @@ from pathlib import Path
 import pycurl
 
 from acquired.common.digests import Hasher
+from acquired.sources.curlmulti import perform_and_collect
 from acquired.sources.http.errors import (
     BadUrl,
     ConnectionFailed,
@@ -400,17 +401,7 @@ class SmallFiles:
         return c
 
     def _perform(self) -> None:
-        while True:
-            ret, _ = self._multi.perform()
-            if ret != pycurl.E_CALL_MULTI_PERFORM:
-                break
-        finished: list[tuple[pycurl.Curl, int, str]] = []
-        while True:
-            queued, ok_list, err_list = self._multi.info_read()
-            finished.extend((c, 0, "") for c in ok_list)
-            finished.extend(err_list)
-            if not queued:
-                break
+        finished = perform_and_collect(self._multi)
         for c, errno, message in finished:
             t = self._active.pop(c)
             status = int(c.getinfo(pycurl.RESPONSE_CODE) or 0)

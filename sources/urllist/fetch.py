@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import pycurl
 
+from acquired.sources.curlmulti import perform_and_collect
 from acquired.sources.urllist import outcome
 from acquired.sources.urllist.settings import FetchSettings
 
@@ -292,17 +293,7 @@ class Fetcher:
                     continue
                 if exhausted and not ready and not parked_count:
                     return
-            while True:
-                ret, _ = self._multi.perform()
-                if ret != pycurl.E_CALL_MULTI_PERFORM:
-                    break
-            finished: list[tuple[pycurl.Curl, int, str]] = []
-            while True:
-                queued, ok_list, err_list = self._multi.info_read()
-                finished.extend((c, 0, "") for c in ok_list)
-                finished.extend(err_list)
-                if not queued:
-                    break
+            finished = perform_and_collect(self._multi)
             for c, errno, errmsg in finished:
                 t = active.pop(c)
                 status = int(c.getinfo(pycurl.RESPONSE_CODE) or 0)
