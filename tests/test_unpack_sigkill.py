@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support import archives as A
+from support.procs import alive
 
 from acquired.unpack.extract import default_meta_dir, extract
 
@@ -37,14 +38,6 @@ if __name__ == "__main__":
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def run_and_kill(tmp_path: Path, archive: Path, target: Path, nested: bool) -> list[int]:

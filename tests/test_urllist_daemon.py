@@ -4,7 +4,6 @@ a SIGKILL in the middle of a shard, and the per-job quota."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -14,35 +13,9 @@ import pytest
 from support import urllist_jobs as uj
 from support.daemon import DaemonProcess
 from support.image_server import ImageServer
+from support.procs import alive, descendants, parent_of
 
 FORMATS = ("txt", "csv", "jsonl", "parquet")
-
-
-def parent_of(pid: int) -> int:
-    """The parent of ``pid`` (from /proc)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                kids = [int(k) for k in (task / "children").read_text().split()]
-                out += kids
-                todo += kids
-    return out
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def check_job(out: Path, corpus: uj.Corpus, fig: dict, fmt: str, retried: int = 0) -> None:

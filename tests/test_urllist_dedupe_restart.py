@@ -3,7 +3,6 @@ the finished shards, so a copy of a sample stored before the kill is not stored 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import tarfile
 from pathlib import Path
@@ -12,31 +11,10 @@ from support import urllist_jobs as uj
 from support.daemon import DaemonProcess
 from support.image_server import ImageServer, Route
 from support.images import encode, picture
+from support.procs import alive, descendants
 
 DISTINCT = 24
 SHARD = 8
-
-
-def family(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                kids = [int(k) for k in (task / "children").read_text().split()]
-                out += kids
-                todo += kids
-    return out
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 MANIFEST = f"""manifest_version = 1
@@ -83,9 +61,9 @@ def test_no_exact_duplicate_stored_twice_across_a_sigkill(tmp_path: Path) -> Non
 
             d.wait_for(mid_job, 90, "two shards done and a third under way")
             assert d.proc is not None
-            workers = family(d.proc.pid)
+            workers = descendants(d.proc.pid)
             d.kill()
-            d.wait_for(lambda: not any(running(p) for p in workers), 20, "the workers to end")
+            d.wait_for(lambda: not any(alive(p) for p in workers), 20, "the workers to end")
             # Whatever index the daemon kept of its own is gone too, as a kill between a
             # shard's ack and the index's save leaves it: only the shards remain.
             for saved in (d.state / "urllist").glob("*.dedupe"):
