@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +159,11 @@ def test_two_nodes_on_a_shared_destination(tmp_path: Path) -> None:
                 )
                 for n in ("a", "b")
             ]
-            for node in nodes:
-                node.data = shared
-                fleet.start(node)
-            with nodes[0], nodes[1]:
+            with ExitStack() as stack:
+                for node in nodes:
+                    node.data = shared
+                    fleet.start(node)
+                    stack.push(node.__exit__)
                 uj.write_input(shared / fleet.JOB, "parquet", uj.Corpus(urls=c.urls))
                 text = fleet.manifest(4) + "\n[urllist.dedupe]\nexact = true\n"
                 for node in nodes:
