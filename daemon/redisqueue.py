@@ -607,6 +607,16 @@ class RedisWorkQueue(RedisFailures):
         values = self._call(lambda: self.client.mget(keys))
         return [json.loads(v) for v in values if v is not None]
 
+    def try_lock(self, name: str, ttl_s: float) -> bool:
+        """Take the lock ``name`` (under the prefix) for ``ttl_s`` unless a node holds it."""
+        return bool(
+            self._call(
+                lambda: self.client.set(
+                    f"{self.prefix}:{name}", self.node, nx=True, px=int(ttl_s * 1000)
+                )
+            )
+        )
+
     def remove(self, job: str) -> None:
         """See :meth:`WorkQueue.remove`."""
         k = self._keys(job)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from acquired.daemon import fleetview
+from acquired.daemon import fleetdedupe, fleetview
 from acquired.daemon.errors import describe
 from acquired.daemon.fleetview import FleetJobFound, FleetRequest, FleetUpdate, FleetView
 from acquired.daemon.jobindex import index_rows, local_figures, write_index
@@ -315,6 +315,7 @@ class FleetSide:
                     failed,
                 )
             )
+            fleetdedupe.schedule(self, job, manifest)  # duplicates.parquet, by one node
             return
         open_queue = self.kind.open_queue
 
