@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pytest
 
 from acquired.sources.urllist import outcome
 from acquired.sources.urllist.shards import (
+    HOST,
     SampleRecord,
     ShardWriter,
     is_complete,
+    left_behind,
     remove_temporaries,
     sample_key,
     sample_record_fields,
@@ -108,8 +111,34 @@ def test_abort_and_leftovers(tmp_path: Path) -> None:
     fill(left)  # a killed worker leaves its temporaries behind
     other = ShardWriter(tmp_path, 4)
     fill(other)
-    assert remove_temporaries(tmp_path) == 2
-    assert list(tmp_path.iterdir()) == []
+    # Another node's shard in a folder the fleet shares, and one of another daemon on
+    # this host still writing: both are left alone.
+    elsewhere = tmp_path / ".00009.tar.other-node.4242.tmp"
+    elsewhere.write_bytes(b"x")
+    with subprocess.Popen(["sleep", "30"]) as live:
+        writing = tmp_path / f".00010.tar.{HOST}.{live.pid}.tmp"
+        writing.write_bytes(b"x")
+        assert remove_temporaries(tmp_path) == 2
+        live.kill()
+    assert sorted(tmp_path.iterdir()) == sorted([elsewhere, writing])
+
+
+@pytest.mark.parametrize(
+    ("entry", "alive", "left"),
+    [
+        (".00001.tar.h.123.tmp", False, True),  # this host, its writer gone
+        (".00001.tar.h.123.tmp", True, False),  # this host, still being written
+        (".00001.h.123.tmp", False, True),  # a files-output folder
+        (".00001.parquet.h.123.tmp", False, True),
+        (".00001.tar.other.123.tmp", False, False),  # another node's
+        (".00001.tar.123.tmp", False, False),  # no host: not ours to judge
+        (".00001.tar.h.x1.tmp", False, False),
+        ("00001.tar", False, False),  # a final name
+        (".hidden", False, False),
+    ],
+)
+def test_which_temporaries_are_left_behind(entry: str, alive: bool, left: bool) -> None:
+    assert left_behind(entry, "h", lambda pid: alive) is left
 
 
 @pytest.mark.parametrize("redo", [False, True])

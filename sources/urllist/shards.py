@@ -1,7 +1,7 @@
 """Writing one shard: ``NNNNN.tar`` (or a folder ``NNNNN/``), ``NNNNN.parquet`` and
 ``NNNNN_stats.json``, each complete under its final name or not there at all.
 
-Everything is written under a temporary name (``.NNNNN.tar.<pid>.tmp``...), fsynced, then
+Everything is written under a temporary name (``.NNNNN.tar.<host>.<pid>.tmp``...), fsynced, then
 renamed into place: the tar (or folder) first, the parquet next, the stats file last, so
 ``NNNNN_stats.json`` marks a finished shard. A shard redone later replaces the same names
 with the same keys. All files are opened relative to the output folder's descriptor with
@@ -21,12 +21,16 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from acquired.sources.urllist import outcome
+
+# Temporary names carry the host (dots would split the name) and the writer's pid, so a
+# node clears only its own dead writers' leftovers in a folder a fleet shares.
+HOST = os.uname().nodename.replace(".", "_") or "host"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -120,7 +124,7 @@ class ShardWriter:
         self.keep_columns = list(keep_columns)
         self.records: list[SampleRecord] = []
         self.stored = 0
-        self._suffix = f".{os.getpid()}.tmp"
+        self._suffix = f".{HOST}.{os.getpid()}.tmp"
         self._dir_fd = os.open(self.out_dir, _DIR_FLAGS)
         self._mtime = int(time.time())
         self._tar: tarfile.TarFile | None = None
@@ -284,14 +288,39 @@ def is_complete(out_dir: Path, shard_id: int, name: str | None = None) -> bool:
     return (Path(out_dir) / f"{name or shard_name(shard_id)}_stats.json").is_file()
 
 
+def left_behind(entry: str, host: str, alive: Callable[[int], bool]) -> bool:
+    """Whether ``entry`` is a temporary of an interrupted shard of this host: its writer
+    is gone. Another host's (a fleet sharing the folder) or a live process's (another
+    daemon on this host) is still being written and is left alone. Pure but for
+    ``alive``."""
+    if not (entry.startswith(".") and entry.endswith(".tmp")):
+        return False
+    parts = entry[: -len(".tmp")].rsplit(".", 2)
+    if len(parts) != 3 or parts[1] != host or not parts[2].isdigit():
+        return False
+    pid = int(parts[2])
+    return pid == os.getpid() or not alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_temporaries(out_dir: Path) -> int:
-    """Delete the temporary files and folders left by interrupted shards (call before any
-    worker starts); returns how many were removed."""
+    """Delete the temporary files and folders left by interrupted shards of this host
+    (see :func:`left_behind`; call before any worker starts); returns how many were
+    removed."""
     removed = 0
     dir_fd = os.open(out_dir, _DIR_FLAGS)
     try:
         for entry in os.listdir(dir_fd):
-            if not (entry.startswith(".") and entry.endswith(".tmp")):
+            if not left_behind(entry, HOST, _alive):
                 continue
             st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
