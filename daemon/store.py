@@ -430,15 +430,23 @@ class Store(StatusQueries):
         """Queued files whose back-off has passed, oldest job first, in manifest order."""
         skip_ids = list(skip)
         # "NOT IN ()" is not SQL, and "NOT IN (NULL)" is never true: leave the clause out.
-        not_skipped = f" AND f.id NOT IN ({','.join('?' * len(skip_ids))})" if skip_ids else ""
-        columns = ", ".join("f." + c.strip() for c in _FILE_COLUMNS.split(","))
-        rows = self._db.execute(
-            f"SELECT {columns} FROM files f JOIN jobs j ON j.id = f.job_id"
-            f" WHERE f.state = 'queued' AND f.not_before <= ?{not_skipped}"
-            " ORDER BY j.seq, f.idx LIMIT ?",
-            (now, *skip_ids, limit),
-        ).fetchall()
-        return [_file_row(r) for r in rows]
+        not_skipped = f" AND id NOT IN ({','.join('?' * len(skip_ids))})" if skip_ids else ""
+        # One job at a time along the partial index of queued files in manifest order
+        # (``+not_before`` keeps the planner on it): a pass reads about as many rows as it
+        # returns, where one sorted query over all jobs read every queued file each time.
+        query = (
+            f"SELECT {_FILE_COLUMNS} FROM files"
+            f" WHERE job_id = ? AND state = 'queued' AND +not_before <= ?{not_skipped}"
+            " ORDER BY idx LIMIT ?"
+        )
+        found: list[FileRow] = []
+        jobs = self._db.execute("SELECT id FROM jobs ORDER BY seq").fetchall()
+        for (job_id,) in jobs:
+            if len(found) >= limit:
+                break
+            rows = self._db.execute(query, (job_id, now, *skip_ids, limit - len(found))).fetchall()
+            found.extend(_file_row(r) for r in rows)
+        return found
 
     def next_wakeup(self) -> float | None:
         """The earliest back-off deadline of a queued file, if any is backing off."""

@@ -170,3 +170,21 @@ def test_an_unknown_digest_algorithm_fails_that_file_alone(tmp_path: Path) -> No
     assert got[0].error is None and (tmp_path / "g").read_bytes() == good
     assert got[1].error is not None and "crc99" in str(got[1].error)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_stale_part_is_written_over_and_a_link_at_the_part_refused(tmp_path: Path) -> None:
+    data = {i: bytes([65 + i]) * (2000 + i) for i in range(2)}
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not ours")
+    root = tmp_path / "root"
+    root.mkdir()
+    # Left by an earlier try, longer than the file: nothing of it may remain.
+    (root / "f0.part").write_bytes(b"x" * 10_000)
+    (root / "f1.part").symlink_to(outside)
+    with HttpTestServer() as server:
+        urls = {i: server.add(f"/f{i}", body) for i, body in data.items()}
+        got = fetch_all([item(i, urls[i], root / f"f{i}", data[i], root=root) for i in data])
+    assert got[0].error is None and (root / "f0").read_bytes() == data[0]
+    assert isinstance(got[1].error, PathEscapes)
+    assert outside.read_bytes() == b"not ours"
+    assert not (root / "f1").exists()

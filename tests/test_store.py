@@ -89,6 +89,11 @@ def test_totals_and_queue_order(tmp_path: Path) -> None:
         ("second", 0),
         ("second", 1),
     ]
+    # The limit holds across jobs: the older job's files first.
+    assert [(r.job_id, r.idx) for r in store.next_queued(1e12, limit=4)][-2:] == [
+        ("first", 2),
+        ("second", 0),
+    ]
     store.set_state(rows[0].id, "fetching", attempts=1)
     store.set_state(rows[1].id, "queued", not_before=1e18)  # backing off
     nxt = store.next_queued(1e12, limit=10, skip=[rows[2].id])

@@ -14,8 +14,10 @@ threads, so that the transfers go on and the filesystem commits many files toget
 (``placing.Folders``: every folder opened once beneath the root, no link followed).
 Durability is per flush, not per file: every ``flush_every`` seconds the written files
 are renamed into place and each folder is synced once, and only then is the flush
-reported (``on_done``) — a file reported done survives a crash. Small files restart
-from zero: they carry no checkpoint.
+reported (``on_done``) — a file reported done survives a crash. The renames and folder
+syncs of a flush run on a thread of their own, one flush after the other, so that the
+transfers do not wait for the journal. Small files restart from zero: they carry no
+checkpoint.
 """
 
 from __future__ import annotations
@@ -181,9 +183,10 @@ def curl_error(errno: int, message: str, url: str, host: str) -> HttpError:
 class SmallFiles:
     """Fetches submitted small files on the thread that calls ``run()``.
 
-    ``submit`` and ``cancel`` may be called from any thread; ``on_done`` is called on the
-    running thread with the outcomes of each flush (every file in it durable in place,
-    or failed); ``close`` makes ``run`` cancel what is left and return.
+    ``submit`` and ``cancel`` may be called from any thread; ``on_done`` is called with
+    the outcomes of each flush (every file in it durable in place, or failed), one flush
+    at a time, in order, on the running thread or the one placing flushes; ``close``
+    makes ``run`` cancel what is left and return once every flush is reported.
     """
 
     def __init__(
@@ -209,6 +212,9 @@ class SmallFiles:
         self._cancel_all = threading.Event()
         self._rng = random.Random()
         self._sync = ThreadPoolExecutor(max_workers=sync_threads, thread_name_prefix="fsync")
+        # One thread, so that flushes are placed and reported in order.
+        self._placer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="place")
+        self._placing: Future[None] | None = None
         self._multi = pycurl.CurlMulti()
         self._multi.setopt(pycurl.M_MAXCONNECTS, max(16, concurrency * 2))
         self._share = pycurl.CurlShare()
@@ -277,6 +283,7 @@ class SmallFiles:
             self._multi.close()
             self._share.close()
             self._sync.shutdown(wait=True)
+            self._placer.shutdown(wait=True)
             self._folders.close()
 
     def _take_inbox(self) -> bool:
@@ -539,7 +546,9 @@ class SmallFiles:
     def _flush(self, *, wait: bool) -> None:
         """Make the written files durable in place, then report them and the failures.
         Files still being written wait for the next flush (all of them when ``wait``):
-        the transfers do not stop for the disk."""
+        the transfers do not stop for the disk. While transfers go on, the flush is
+        placed on the placing thread; once nothing is on its way it is placed here and
+        the folders are closed."""
         done: list[tuple[_Transfer, Folder, str, Future[None]]] = []
         if wait:
             done, self._done = self._done, []
@@ -550,25 +559,66 @@ class SmallFiles:
             self._done = waiting
         outcomes, self._failed = self._failed, []
         self._last_flush = time.monotonic()
-        written: list[tuple[_Transfer, Folder, str]] = []
-        for t, folder, name, write in done:
+        for t, _, _, _ in done:
             t.chunks = []
-            try:
-                write.result()
-            except BaseException as exc:  # DiskFull, a link planted at the .part
-                outcomes.append(BatchOutcome(t.it.item.key, None, exc))
-                continue
-            written.append((t, folder, name))
-        failed = self._folders.place([(folder, name) for _, folder, name in written])
-        if not self._done and not self._active and not self._pending:
+        idle = not self._done and not self._active and not self._pending
+        if not (wait or idle):
+            self._placing = self._placer.submit(
+                _settle, self._folders, done, outcomes, self._on_done
+            )
+            return
+        # The flushes before this one are reported first, and no folder is closed under
+        # one still being placed.
+        if self._placing is not None:
+            self._placing.result()
+            self._placing = None
+        _settle(self._folders, done, outcomes, self._on_done)
+        if idle:
             self._folders.close()  # nothing on its way: no folder is held open
-        for t, folder, name in written:
-            item = t.it.item
-            why = failed.get((folder.fd, name))
-            if why is not None:
-                outcomes.append(BatchOutcome(item.key, None, why))
-                continue
-            result = DownloadResult(item.dest, t.got, t.hasher.hexdigests(), None)
-            outcomes.append(BatchOutcome(item.key, result, None))
-        if outcomes:
-            self._on_done(outcomes)
+
+
+_Written = list[tuple[_Transfer, Folder, str, Future[None]]]
+
+
+def _settle(
+    folders: Folders,
+    done: _Written,
+    outcomes: list[BatchOutcome],
+    on_done: Callable[[list[BatchOutcome]], None],
+) -> None:
+    """Place one flush's written files and report it with its failures; a bug here ends
+    the flush's files with it rather than leaving them unreported."""
+    try:
+        _place(folders, done, outcomes)
+    except Exception as exc:
+        log.exception("placing small files failed")
+        ended = {o.key for o in outcomes}
+        outcomes = outcomes + [
+            BatchOutcome(t.it.item.key, None, exc)
+            for t, _, _, _ in done
+            if t.it.item.key not in ended
+        ]
+    if outcomes:
+        on_done(outcomes)
+
+
+def _place(folders: Folders, done: _Written, outcomes: list[BatchOutcome]) -> None:
+    """Rename the written files of a flush into place (each folder synced once) and add
+    their outcomes."""
+    written: list[tuple[_Transfer, Folder, str]] = []
+    for t, folder, name, write in done:
+        try:
+            write.result()
+        except BaseException as exc:  # DiskFull, a link planted at the .part
+            outcomes.append(BatchOutcome(t.it.item.key, None, exc))
+            continue
+        written.append((t, folder, name))
+    failed = folders.place([(folder, name) for _, folder, name in written])
+    for t, folder, name in written:
+        item = t.it.item
+        why = failed.get((folder.fd, name))
+        if why is not None:
+            outcomes.append(BatchOutcome(item.key, None, why))
+            continue
+        result = DownloadResult(item.dest, t.got, t.hasher.hexdigests(), None)
+        outcomes.append(BatchOutcome(item.key, result, None))

@@ -60,9 +60,20 @@ class Folders:
         part; ENOSPC is ``DiskFull``). A failed write leaves no ``.part`` behind."""
         part = name + ".part"
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        fd = safepath.open_beneath(folder.fd, part, flags, 0o644)
         try:
-            os.ftruncate(fd, 0)  # a small file starts again from zero: it has no checkpoint
+            # Nearly always there is no ``.part`` yet: created afresh, it needs no
+            # truncating (one journal handle fewer per file).
+            fd = safepath.open_beneath(folder.fd, part, flags | os.O_EXCL, 0o644)
+        except FileExistsError:
+            # One left by an earlier try (a small file starts again from zero: it has no
+            # checkpoint), or a link planted there, which is refused.
+            fd = safepath.open_beneath(folder.fd, part, flags, 0o644)
+            try:
+                os.ftruncate(fd, 0)
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
             offset = 0
             for chunk in chunks:
                 view = memoryview(chunk)
