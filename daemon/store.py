@@ -19,6 +19,7 @@ from typing import Any
 from acquired.daemon import shardstore
 from acquired.daemon.lifecycle import Event, decide, sources_of
 from acquired.daemon.schema import MIGRATIONS, expect_key, spec_digests
+from acquired.daemon.store_checkpoints import CheckpointQueries
 from acquired.daemon.store_status import JobTotals, StatusQueries
 
 __all__ = ["MIGRATIONS", "JobTotals", "Store", "expect_key"]
@@ -147,7 +148,7 @@ def _state_update(
     return f"UPDATE files SET {', '.join(sets)} WHERE id = ?", args
 
 
-class Store(StatusQueries):
+class Store(StatusQueries, CheckpointQueries):
     """One connection, used by one thread: the daemon's state thread."""
 
     def __init__(self, path: Path) -> None:
@@ -503,10 +504,6 @@ class Store(StatusQueries):
             found.update((r[0], _file_row(r)) for r in rows)
         return found
 
-    def clear_checkpoints(self, file_ids: Sequence[int]) -> None:
-        """Forget many files' resume state."""
-        self._db.executemany("DELETE FROM checkpoints WHERE file_id = ?", [(i,) for i in file_ids])
-
     def forget_fetch(self, file_id: int) -> None:
         """The file must be fetched again: drop the digests that marked it fetched."""
         self._db.execute("UPDATE files SET digests = NULL WHERE id = ?", (file_id,))
@@ -542,32 +539,6 @@ class Store(StatusQueries):
         self._db.execute("UPDATE jobs SET finish = 'pending' WHERE finish = 'running'")
         self._jobs.clear()
         return cur.rowcount
-
-    # -- checkpoints --------------------------------------------------------------------
-
-    def save_checkpoint(self, file_id: int, state: dict[str, Any], bytes_done: int) -> None:
-        """Record a source's resume state and the progress it proves, atomically."""
-        now = time.time()
-        with self._tx():
-            self._db.execute(
-                "INSERT INTO checkpoints VALUES (?, ?, ?) ON CONFLICT (file_id)"
-                " DO UPDATE SET state = excluded.state, updated = excluded.updated",
-                (file_id, json.dumps(state), now),
-            )
-            self._db.execute(
-                "UPDATE files SET bytes_done = ?, updated = ? WHERE id = ?",
-                (bytes_done, now, file_id),
-            )
-
-    def load_checkpoint(self, file_id: int) -> dict[str, Any] | None:
-        """A file's resume state, if any."""
-        r = self._db.execute("SELECT state FROM checkpoints WHERE file_id = ?", (file_id,))
-        row = r.fetchone()
-        return json.loads(row[0]) if row else None
-
-    def clear_checkpoint(self, file_id: int) -> None:
-        """Forget a file's resume state."""
-        self._db.execute("DELETE FROM checkpoints WHERE file_id = ?", (file_id,))
 
 
 def _job_row(r: tuple[Any, ...]) -> JobRow:

@@ -62,3 +62,22 @@ def test_every_package_folder_is_installed() -> None:
             rel = init.parent.relative_to(root / folder).parts
             found.add(".".join((name, *rel)))
     assert found - listed == set()
+
+
+def test_no_module_over_700_lines_and_no_class_over_400() -> None:
+    """The house rule that keeps each piece readable in one sitting: a module that grows
+    past it is split by responsibility."""
+    root = TESTS.parent
+    too_big = []
+    for package in ("common", "daemon", "sources", "unpack"):
+        for path in (root / package).rglob("*.py"):
+            text = path.read_text()
+            lines = text.count("\n")
+            if lines > 700:
+                too_big.append(f"{path.relative_to(root)}: {lines} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                    size = node.end_lineno - node.lineno + 1
+                    if size > 400:
+                        too_big.append(f"{path.relative_to(root)}: class {node.name} {size}")
+    assert too_big == []
