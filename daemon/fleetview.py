@@ -18,7 +18,6 @@ last figures read, with their time.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -248,7 +247,7 @@ class FleetView:
             request.run(q)
         except Exception as exc:
             info = describe(exc)
-            if info.code == "cluster.unreachable" or connection_lost(exc):
+            if info.code == "cluster.unreachable":
                 raise
             LOG.warning("fleet: %s failed: %s", request.what, info.message)
             request.failed(info.as_dict())
@@ -273,7 +272,7 @@ class FleetView:
         for n in alive:
             if n.get("node"):
                 self._seen[n["node"]] = n
-        published = self._published(q)
+        published = q.published()
         jobs: dict[str, FleetJob] = {}
         for name, digest in published.items():
             counts = q.counts(name)
@@ -299,49 +298,3 @@ class FleetView:
             # None: removed since; {}: published without its manifest (an older version).
             if found is not None and found[1]:
                 self._post(FleetJobFound(name, found[0], found[1]))
-
-    def _published(self, q: Any) -> dict[str, str]:
-        """Every published job's digest (one round trip for the list, one for digests)."""
-        names = list(q.client.zrange(f"{q.prefix}:jobs", 0, -1))
-        if not names:
-            return {}
-        pipe = q.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hget(f"{q.prefix}:job:{name}", "digest")
-        digests = pipe.execute()
-        return {n: d for n, d in zip(names, digests, strict=True) if d}
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the connection to Redis failed (redis-py's ConnectionError
-    and TimeoutError, told by name: only the queue module imports redis)."""
-    names = {c.__name__ for c in type(exc).__mro__}
-    return bool(names & {"ConnectionError", "TimeoutError"})
-
-
-def remove_job(q: Any, job: str, digest: str) -> bool:
-    """Remove a forgotten job from Redis if it is still the one forgotten (a job
-    published again under that name with another manifest stays)."""
-    current = q.client.hget(f"{q.prefix}:job:{job}", "digest")
-    if current is not None and current != digest:
-        return False
-    q.remove(job)
-    q.client.delete(SHARDS_KEY.format(prefix=q.prefix, job=job))
-    return True
-
-
-SHARDS_KEY = "{prefix}:job:{job}:shardfigs"
-"""Hash: shard id -> JSON {node, ok, failed, bytes, name}, written by the node that
-finished the shard (for the job's index when output stays on each node's disk)."""
-
-
-def record_shard(q: Any, job: str, shard_id: int, figures: Mapping[str, Any]) -> None:
-    """Keep one shard's figures in Redis for the job's index."""
-    key = SHARDS_KEY.format(prefix=q.prefix, job=job)
-    q.client.hset(key, str(shard_id), json.dumps(dict(figures), separators=(",", ":")))
-
-
-def shard_figures(q: Any, job: str) -> dict[int, dict[str, Any]]:
-    """Every shard's figures recorded with :func:`record_shard`."""
-    key = SHARDS_KEY.format(prefix=q.prefix, job=job)
-    return {int(k): json.loads(v) for k, v in q.client.hgetall(key).items()}

@@ -32,6 +32,7 @@ from redis.retry import Retry
 from . import redisscripts as scripts
 from .cluster_config import ClusterSettings
 from .redisfailures import RedisFailures
+from .redisfleet import RedisFleet
 from .redisscripts import GROUP, Keys
 from .workqueue import (
     DEFAULT_MAX_DELIVERIES,
@@ -229,7 +230,7 @@ def start_cluster_check(settings: ClusterSettings | None) -> threading.Thread | 
     return thread
 
 
-class RedisWorkQueue(RedisFailures):
+class RedisWorkQueue(RedisFailures, RedisFleet):
     """:class:`~acquired.daemon.workqueue.WorkQueue` on Redis Streams, plus what a fleet
     needs beyond it: node heartbeats, the shard index, the buffered reports.
 

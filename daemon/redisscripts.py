@@ -127,6 +127,7 @@ class Keys:
         self.deadset = f"{base}:deadset"
         self.failures = f"{base}:failures"
         self.retry_lock = f"{base}:retrylock"
+        self.shardfigs = f"{base}:shardfigs"  # hash: shard id -> its figures for the index
 
     def all(self) -> list[str]:
         """Every key of the job."""

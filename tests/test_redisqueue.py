@@ -196,6 +196,27 @@ def test_heartbeats_nodes_and_shard_index(server: RedisServer) -> None:
     b.close()
 
 
+def test_fleet_reads_published_jobs_shard_figures_and_removes_only_the_forgotten(
+    server: RedisServer,
+) -> None:
+    q = connect(server.url, node="alpha", backoff=FAST_BACKOFF)
+    assert q.published() == {}
+    q.publish(JOB, plan_shards(JOB.name, 20, 10))
+    assert q.published() == {JOB.name: JOB.digest}
+    q.record_shard(JOB.name, 1, {"node": "alpha", "ok": 9, "failed": 1})
+    assert q.shard_figures(JOB.name) == {1: {"node": "alpha", "ok": 9, "failed": 1}}
+    # Forgotten with another manifest's digest: the job published now stays.
+    assert q.remove_if(JOB.name, "f" * 64) is False
+    assert q.published() == {JOB.name: JOB.digest}
+    assert q.remove_if(JOB.name, JOB.digest) is True
+    assert q.published() == {} and q.shard_figures(JOB.name) == {}
+    assert q.client.keys(f"{q.prefix}:job:{JOB.name}*") == []  # no key of the job left
+    server.stop()
+    with pytest.raises(ClusterUnreachable):  # a lost connection, as every queue call
+        q.published()
+    q.close()
+
+
 def _commands(q: RedisWorkQueue) -> int:
     stats = q.client.info("commandstats")
     return sum(v["calls"] for k, v in stats.items() if not k.endswith(("info", "config")))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from acquired.daemon import fleetdedupe, fleetview
+from acquired.daemon import fleetdedupe
 from acquired.daemon.errors import describe
 from acquired.daemon.fleetview import FleetJobFound, FleetRequest, FleetUpdate, FleetView
 from acquired.daemon.jobindex import index_rows, local_figures, write_index
@@ -252,7 +252,7 @@ class FleetSide:
         self.view.submit(
             FleetRequest(
                 f"record shard {m.name}",
-                lambda q: fleetview.record_shard(q, job, shard, figures),
+                lambda q: q.record_shard(job, shard, figures),
             )
         )
 
@@ -270,7 +270,7 @@ class FleetSide:
         self.view.submit(
             FleetRequest(
                 f"remove forgotten job {job_id}",
-                lambda q: fleetview.remove_job(q, job_id, digest),
+                lambda q: q.remove_if(job_id, digest),
             )
         )
 
@@ -311,7 +311,7 @@ class FleetSide:
             self.view.submit(
                 FleetRequest(
                     f"index of {job_id}",
-                    lambda q: write(q.shard_index(job_id), fleetview.shard_figures(q, job_id)),
+                    lambda q: write(q.shard_index(job_id), q.shard_figures(job_id)),
                     failed,
                 )
             )
