@@ -193,7 +193,6 @@ class UrllistKind:
             settings=settings,
             offsets=run.plan.offsets,
             quota=spec.max_bytes_on_disk,
-            index_path=self.plans_dir / f"{job.id}.dedupe",
         )
         runner = UrllistRunner(rs, self.open_queue, self.svc.post, self._disk, make_pool)
         from acquired.daemon.runners.urllist_pool import start_forkserver
@@ -342,6 +341,7 @@ class UrllistKind:
             LOG.exception("[%s] could not remove the job's shards from the queue", job_id)
         self._rows.pop(job_id, None)
         self.final.pop(job_id, None)
+        # ".dedupe": the saved index of earlier versions (now rebuilt from the shards).
         for suffix in (".plan.json", ".dedupe"):
             (self.plans_dir / f"{job_id}{suffix}").unlink(missing_ok=True)
 

@@ -52,7 +52,6 @@ class RunnerSettings:
     settings: UrlListSettings
     offsets: list[int | None]
     quota: int | None = None
-    index_path: Path | None = None
 
 
 @dataclass
@@ -191,7 +190,7 @@ class UrllistRunner:
                 for shard_id, f in list(inflight.items()):
                     if f.future.done():
                         del inflight[shard_id]
-                        broken |= self._finish(queue, pool, f)
+                        broken |= self._finish(queue, f)
                     elif now - f.renewed >= s.lease_s / 3 and not link.down:
                         try:
                             f.lease = link.renew(f.lease, s.lease_s)
@@ -273,7 +272,7 @@ class UrllistRunner:
         )
         return _InFlight(lease, pool.submit(task), shard_name(shard.shard_id), total=shard.size)
 
-    def _finish(self, queue: WorkQueue, pool: Any, f: _InFlight) -> bool:
+    def _finish(self, queue: WorkQueue, f: _InFlight) -> bool:
         """Ack a finished shard, or give it back; True when its worker process died."""
         s, shard_id = self.s, f.lease.shard.shard_id
         try:
@@ -306,19 +305,12 @@ class UrllistRunner:
         samples = {"ok": result.statuses.get("ok", 0), **result.classes}
         samples = {k: v for k, v in samples.items() if v}
         queue.ack(f.lease, ShardSummary(samples, result.bytes_stored))
-        try:
-            pool.save_index()
-        except POOL_GONE:
-            # The shard is durable and acked; the pool is rebuilt from the saved index.
-            broken = True
-        else:
-            broken = False
         self._post(
             UrllistShardEnded(
                 s.job, s.token, shard_id, f.name, samples, result.bytes_stored, result.seconds
             )
         )
-        return broken
+        return False
 
     def _report(
         self,

@@ -24,7 +24,7 @@ def start_forkserver() -> None:
 
 
 class JobPool:
-    """``submit``, ``progress``, ``save_index`` and ``close`` for the runner."""
+    """``submit``, ``progress`` and ``close`` for the runner."""
 
     def __init__(self, s: Any) -> None:
         self._pool = ShardPool(s.settings.dedupe, workers=s.workers, shards_dir=s.out_dir)
@@ -36,10 +36,6 @@ class JobPool:
     def progress(self) -> list[Any]:
         """Progress reports since the last call."""
         return self._pool.progress()
-
-    def save_index(self) -> None:
-        """Persist the job-wide dedupe index (after each acked shard)."""
-        self._pool.save_index()
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers; without ``wait`` the running shards are abandoned."""

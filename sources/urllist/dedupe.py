@@ -15,11 +15,9 @@ Redis-backed implementation (for a fleet) provides too (``DedupeService``).
 
 from __future__ import annotations
 
-import os
 import threading
 from array import array
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -85,7 +83,7 @@ class PhashIndex:
                 bucket.append(value)
 
     def add_many(self, values: np.ndarray, keys: np.ndarray) -> None:
-        """Bulk ``add`` (loading a saved index): grouped by chunk with numpy, so the Python
+        """Bulk ``add`` (a rebuild from the shards): grouped by chunk with numpy, so the Python
         work is per bucket, not per hash. The first of equal hashes keeps its key."""
         values = np.asarray(values, dtype=np.uint64)
         keys = np.asarray(keys, dtype=np.int64)
@@ -171,7 +169,7 @@ _RECENT_MAX = 65_536
 class ShaTable:
     """First 128 bits of a sha256 -> the key of the first sample with them.
 
-    Entries added in bulk (a rebuild from the shards, a saved index) live in three sorted
+    Entries added in bulk (a rebuild from the shards) live in three sorted
     numpy arrays, 24 bytes per digest (a dict of Python ints costs about 170); entries
     decided one by one since then are in a dict in front of them."""
 
@@ -262,7 +260,8 @@ class ShaTable:
 
 
 class DedupeIndex:
-    """Exact and perceptual indexes of one job, thread-safe, saved to and loaded from a file."""
+    """Exact and perceptual indexes of one job, thread-safe; rebuilt from the finished
+    shards after a restart."""
 
     def __init__(self, *, exact: bool = True, perceptual: bool = False, max_distance: int = 4):
         self.exact = exact
@@ -365,34 +364,3 @@ class DedupeIndex:
                 if other_key != key and (other ^ value).bit_count() <= self.max_distance:
                     return other_key
         return None
-
-    def save(self, path: Path) -> None:
-        """Write the index durably (temporary file, fsync, rename)."""
-        path = Path(path)
-        with self._lock:
-            hashes, phash_keys = self._phash.items()
-            sha_hi, sha_lo, sha_keys = self._sha.arrays()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            np.savez(
-                f,
-                settings=np.array([int(self.exact), int(self.perceptual), self.max_distance]),
-                phash=hashes,
-                phash_keys=phash_keys,
-                sha_hi=sha_hi,
-                sha_lo=sha_lo,
-                sha_keys=sha_keys,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> DedupeIndex:
-        """An index as ``save`` wrote it."""
-        with np.load(Path(path)) as data:
-            exact, perceptual, max_distance = (int(v) for v in data["settings"])
-            index = cls(exact=bool(exact), perceptual=bool(perceptual), max_distance=max_distance)
-            index._phash.add_many(data["phash"], data["phash_keys"])
-            index._sha.add_many(data["sha_hi"], data["sha_lo"], data["sha_keys"])
-        return index

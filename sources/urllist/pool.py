@@ -42,16 +42,12 @@ def _open_index(
     exact: bool,
     perceptual: bool,
     max_distance: int,
-    path: str | None,
     shards_dir: str | None = None,
 ) -> DedupeIndex:
+    index = DedupeIndex(exact=exact, perceptual=perceptual, max_distance=max_distance)
     if shards_dir is not None:
-        index = DedupeIndex(exact=exact, perceptual=perceptual, max_distance=max_distance)
         index.rebuilt = rebuild_index(index, Path(shards_dir))
-        return index
-    if path is not None and Path(path).is_file():
-        return DedupeIndex.load(Path(path))
-    return DedupeIndex(exact=exact, perceptual=perceptual, max_distance=max_distance)
+    return index
 
 
 class _Manager(BaseManager):
@@ -82,14 +78,12 @@ class ShardPool:
         dedupe: DedupeSettings,
         *,
         workers: int | None = None,
-        index_path: Path | None = None,
         shards_dir: Path | None = None,
         start_method: str = "forkserver",
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        # With the shards' folder the index is rebuilt from the finished shards (they are
-        # the record); without it, it is loaded from and saved to ``index_path``.
-        self.index_path = index_path if shards_dir is None else None
+        # With the shards' folder the index is rebuilt from the finished shards: they are
+        # the record of what was kept, whatever a crash left in memory.
         ctx = multiprocessing.get_context(start_method)
         self._manager = _Manager(ctx=ctx)
         self._manager.start()
@@ -99,7 +93,6 @@ class ShardPool:
                 dedupe.exact,
                 dedupe.perceptual,
                 dedupe.max_distance,
-                str(index_path) if index_path else None,
                 str(shards_dir) if shards_dir is not None else None,
             )
             if shards_dir is not None:
@@ -127,12 +120,6 @@ class ShardPool:
                 out.append(self._progress.get_nowait())
             except queue.Empty:
                 return out
-
-    def save_index(self) -> None:
-        """Write the dedupe index to ``index_path`` (call after each finished shard); a
-        no-op when the index is rebuilt from the shards instead."""
-        if self.index is not None and self.index_path is not None:
-            self.index.save(str(self.index_path))
 
     def close(self) -> None:
         """Stop the workers (running shards finish first) and the manager."""
