@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from acquired.sources.urllist import dedupe
@@ -68,6 +70,18 @@ def test_rebuild_knows_stored_samples_only(tmp_path: Path) -> None:
     assert decided == [first, sample_key(3, SHARD), None, None]
     # A redone shard is not a duplicate of itself.
     assert index.decide([(first, sha(1), None)]) == [None]
+
+
+def test_rebuild_skips_a_damaged_shard_parquet(tmp_path: Path) -> None:
+    write_shard(tmp_path, 0, [("ok", 1, None)])
+    write_shard(tmp_path, 1, [("ok", 2, None)])
+    write_shard(tmp_path, 2, [("ok", 3, None)])
+    (tmp_path / "00001.parquet").write_bytes(b"PAR1 not a parquet file")
+    (tmp_path / "00002.parquet").unlink()
+    pq.write_table(pa.table({"other": [1]}), tmp_path / "00002.parquet")  # wrong columns
+    index = DedupeIndex(exact=True, perceptual=False)
+    assert rebuild_index(index, tmp_path) == (1, 1, 1)
+    assert index.decide([(sample_key(900, SHARD), sha(1), None)]) == [sample_key(0, SHARD)]
 
 
 def test_rebuild_perceptual(tmp_path: Path) -> None:

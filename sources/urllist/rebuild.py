@@ -14,6 +14,7 @@ memory holds the index and one batch, never the job's rows.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from acquired.sources.urllist.dedupe import DedupeIndex
+
+LOG = logging.getLogger("acquired.urllist")
 
 _STATS = re.compile(r"^(\d{5,})_stats\.json$")
 _COLUMNS = ["key", "status", "sha256", "phash", "duplicate_of"]
@@ -54,12 +57,19 @@ def rebuild_index(
                 fd = os.open(f"{stem}.parquet", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue  # a "files" shard whose parquet was removed by hand: nothing to add
-            with os.fdopen(fd, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                for batch in parquet.iter_batches(batch_size=batch_rows, columns=_COLUMNS):
-                    rows += batch.num_rows
-                    samples += _add_batch(index, batch)
-            shards += 1
+            read = added = 0
+            try:
+                with os.fdopen(fd, "rb") as f:
+                    parquet = pq.ParquetFile(f)
+                    for batch in parquet.iter_batches(batch_size=batch_rows, columns=_COLUMNS):
+                        read += batch.num_rows
+                        added += _add_batch(index, batch)
+            except (OSError, pa.ArrowException, KeyError) as exc:
+                # Damaged or planted by someone else: the job goes on without its entries
+                # (its samples may be stored again), rather than failing at every start.
+                LOG.warning("dedupe rebuild skips %s/%s.parquet: %s", out_dir, stem, exc)
+                continue
+            shards, rows, samples = shards + 1, rows + read, samples + added
     finally:
         os.close(dir_fd)
     return shards, rows, samples
